@@ -1,0 +1,42 @@
+# Two commands for a fresh clone:  `make run`  (main job on the embedded default)  and  `make test`.
+# Both create/reuse the virtual environment in .venv.
+#
+# torch: `torch==2.13.0` is a CPU build on the project's CPU machines; on Linux x86_64 from PyPI it is
+# the CUDA build, which is what GPU users want. CPU-only users elsewhere can pass a CPU wheel index:
+#   make setup TORCH_PIP_ARGS="--index-url <your CPU wheel index>"
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+EXPERIMENTS := secrecy panic inner_conflict sycophancy sarcasm toxic_persona ai_entity
+
+.PHONY: setup run test results tables clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) -m psm_repro run experiment=steer_secrecy
+
+test: setup
+	$(PY) -m pytest -q
+
+# Regenerate the committed result cards (earlier cards are moved to runs/replaced/, never deleted).
+results: setup
+	@for p in $(EXPERIMENTS); do \
+	  if [ -d results/steer_$$p ]; then mkdir -p runs/replaced && mv results/steer_$$p runs/replaced/steer_$$p.$$(date +%s); fi; \
+	  $(PY) -m psm_repro run experiment=steer_$$p hydra.run.dir=results/steer_$$p || exit 1; \
+	done
+	$(PY) -m psm_repro tables
+
+tables: setup
+	$(PY) -m psm_repro tables
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,138 @@
+"""Command line: `python -m psm_repro <command> [hydra overrides]`.
+
+This is the only module that knows about Hydra: it composes the config, turns it into typed
+dataclasses (so a bad key or value fails here, before any model loads) and calls `pipeline`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+USAGE = """usage: python -m psm_repro <command> [hydra overrides]
+
+commands:
+  run        find a persona's shared latents, then steer with the top one against controls
+  find       feature search only (writes features.csv + summary.md)
+  steer      one prompt, unsteered vs steered, printed side by side
+  tables     rebuild results/README.md from saved result cards (no model needed)
+  train-sae  re-create the embedded model's SAE from scratch
+
+examples:
+  python -m psm_repro run experiment=steer_secrecy
+  python -m psm_repro find persona=panic hydra.run.dir=runs/panic
+  python -m psm_repro steer persona=sarcasm steer.prompt="How do I boil an egg?"
+"""
+COMMANDS = ("run", "find", "steer", "tables", "train-sae")
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+logger = logging.getLogger("psm_repro")
+
+
+def compose(command: str, overrides: list[str]):
+    """Compose and validate the config for `command`; returns (RunConfig, run directory)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from psm_repro.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=overrides + [f"command={command}"],
+                            return_hydra_config=True)
+    run_dir = Path(cfg.hydra.run.dir)
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra")
+    return OmegaConf.to_object(cfg), run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"psm_repro: unknown command '{argv[0]}'", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        return 2
+    command, overrides = argv[0], argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "sae_lens", "transformers", "sentence_transformers", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if command == "tables":
+            from psm_repro.loading import PROJECT_ROOT
+            from psm_repro.outputs import write_text
+            from psm_repro.tables import render
+
+            out = PROJECT_ROOT / "results" / "README.md"
+            write_text(out, render(PROJECT_ROOT / "results"))
+            print(f"wrote {out}")
+            return 0
+        cfg, run_dir = compose(command, overrides)
+        return _dispatch(command, cfg, run_dir)
+    except Exception as err:  # one line for the user; the traceback only with PSM_REPRO_DEBUG=1
+        import os
+
+        if os.environ.get("PSM_REPRO_DEBUG"):
+            raise
+        print(f"psm_repro {command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: Exception) -> str:
+    msg = str(err).strip().splitlines()
+    name = type(err).__name__
+    text = msg[0] if msg else name
+    # Hydra/OmegaConf put the offending key on a later line ("full_key: sae.d_in")
+    key = next((m.strip() for m in msg[1:] if m.strip().startswith("full_key:")), "")
+    return f"{text} ({key})" if key and key.split(":", 1)[1].strip() not in text else text
+
+
+def _dispatch(command: str, cfg, run_dir: Path) -> int:
+    from psm_repro import pipeline
+
+    if command in ("run", "find"):
+        summary = pipeline.run(cfg, run_dir, steer_too=(command == "run"))
+        _print_short_table(summary, run_dir)
+    elif command == "steer":
+        plain, steered, feature = pipeline.steer_once(cfg)
+        coef = max(cfg.steer.coefficients, key=abs)
+        print(f"prompt: {cfg.steer.prompt}\nlatent {feature}, mode {cfg.steer.mode}, coefficient {coef}\n")
+        _side_by_side("unsteered", plain, f"steered (x{coef})", steered)
+    elif command == "train-sae":
+        report = pipeline.train_sae(cfg)
+        m = report["heldout_metrics"]
+        print(f"SAE written to {cfg.train_sae.out_dir}: FVU {m['fvu']:.3f}, dead {m['dead_fraction']:.1%}, "
+              f"CE recovered {m['ce_loss_recovered']:.1%}, L0 {m['l0']:.1f}")
+    return 0
+
+
+def _side_by_side(left_title: str, left: str, right_title: str, right: str, width: int = 48) -> None:
+    import textwrap
+
+    a = textwrap.wrap(left, width) or [""]
+    b = textwrap.wrap(right, width) or [""]
+    print(f"{left_title:<{width}} | {right_title}")
+    print("-" * width + "-+-" + "-" * width)
+    for i in range(max(len(a), len(b))):
+        print(f"{a[i] if i < len(a) else '':<{width}} | {b[i] if i < len(b) else ''}")
+
+
+def _print_short_table(summary: dict, run_dir: Path) -> None:
+    f = summary["finder"]
+    print(f"\n{summary['experiment']} ({summary['persona']}): top latent {f['top_feature']} "
+          f"shared score {f['top_score']:.3f} (chance p95 {f['shuffled_max_score_p95']:.3f})")
+    s = summary.get("steering")
+    if s:
+        h = s["headline"]
+        print(f"steering at coefficient {h['coefficient']} (test half, judge AUROC {s['judge_auroc']:.2f}):")
+        for c in ("unsteered", "random_latent", "dense_direction", "system_prompt"):
+            d = h["vs_" + c]
+            print(f"  latent - {c:<16} {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+                  f"  {'beats' if d['beats'] else 'does not beat'}")
+    print(f"results in {run_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

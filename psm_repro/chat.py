@@ -1,0 +1,74 @@
+"""Turning persona items into token ids, with a mask of the tokens that count.
+
+Chats go through the tokenizer's own chat template as token ids; narratives are plain text.
+The mask marks the tokens a finder should read: every text token of a narrative, and the
+content tokens of the final assistant turn of a chat (never BOS, role headers or end-of-turn).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Message = dict[str, str]
+
+
+@dataclass
+class Encoded:
+    """Token ids of one item plus the positions that belong to the measured text."""
+
+    ids: list[int]
+    mask: list[bool]
+
+
+def dedupe_bos(ids: list[int], bos_id: int | None) -> list[int]:
+    """Chat templates that write BOS themselves plus a tokenizer that adds one give two: keep one."""
+    while bos_id is not None and len(ids) >= 2 and ids[0] == bos_id and ids[1] == bos_id:
+        ids = ids[1:]
+    return ids
+
+
+def _template_ids(tokenizer, messages: list[Message], add_generation_prompt: bool) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    ids = out["input_ids"] if hasattr(out, "keys") else out
+    return dedupe_bos(list(ids), tokenizer.bos_token_id)
+
+
+def encode_prompt(tokenizer, messages: list[Message]) -> list[int]:
+    """Token ids of a chat ready for the assistant to reply (generation prompt appended)."""
+    return _template_ids(tokenizer, messages, add_generation_prompt=True)
+
+
+def encode_chat(tokenizer, messages: list[Message]) -> Encoded:
+    """Encode a chat ending in an assistant turn; the mask covers that turn's content tokens."""
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError("a chat to encode must end with an assistant turn")
+    prefix = encode_prompt(tokenizer, messages[:-1])
+    full = _template_ids(tokenizer, messages, add_generation_prompt=False)
+    if full[: len(prefix)] != prefix:
+        raise ValueError("chat template is not prefix-stable; cannot locate the assistant turn")
+    content = tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    mask = [False] * len(full)
+    end = len(prefix) + len(content)
+    if full[len(prefix):end] == content:
+        for i in range(len(prefix), end):
+            mask[i] = True
+    else:  # tokenization merged across the boundary: take the turn up to its first special token
+        for i in range(len(prefix), len(full)):
+            if full[i] in special:
+                break
+            mask[i] = True
+    return Encoded(full, mask)
+
+
+def encode_text(tokenizer, text: str, prepend_bos: bool) -> Encoded:
+    """Encode plain text; BOS only when the SAE was trained with it, and never counted."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if prepend_bos and tokenizer.bos_token_id is not None:
+        return Encoded([tokenizer.bos_token_id] + ids, [False] + [True] * len(ids))
+    return Encoded(ids, [True] * len(ids))
+
+
+def encode_reply(tokenizer, prompt_messages: list[Message], reply: str) -> Encoded:
+    """A prompt plus a teacher-forced reply; the mask covers the reply tokens only."""
+    return encode_chat(tokenizer, prompt_messages + [{"role": "assistant", "content": reply}])

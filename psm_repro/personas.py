@@ -1,0 +1,239 @@
+"""Persona files: loading and validation of the public extension format (docs/persona_format.md).
+
+Errors are reported as `file:line: message`, with the line of the offending YAML node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from psm_repro.loading import PROJECT_ROOT
+
+PERSONA_DIR = PROJECT_ROOT / "experiments" / "personas"
+ROLES = {"system", "user", "assistant"}
+SEARCH_KEYS = ("narrative", "narrative_neutral", "assistant", "assistant_neutral")
+# Minimum sizes for shipped files; user files are only required to be non-empty.
+SHIPPED_MINIMUMS = {"search": 40, "prompts": 30, "pairs": 30, "judge": 30}
+
+Chat = list[dict[str, str]]
+
+
+class PersonaError(ValueError):
+    """A persona file is malformed; the message starts with `file:line:`."""
+
+
+@dataclass
+class Judge:
+    rubric: str
+    trait_examples: list[str]
+    neutral_examples: list[str]
+
+
+@dataclass
+class Pair:
+    prompt: str
+    trait: str
+    neutral: str
+
+
+@dataclass
+class Persona:
+    """A validated persona: search sets for finding latents, eval sets for measuring steering."""
+
+    name: str
+    description: str
+    narrative: list[str]
+    narrative_neutral: list[str]
+    assistant: list[Chat]
+    assistant_neutral: list[Chat]
+    prompts: list[str] = field(default_factory=list)
+    pairs: list[Pair] = field(default_factory=list)
+    judge: Judge | None = None
+    path: Path | None = None
+
+    @property
+    def has_eval(self) -> bool:
+        return bool(self.prompts and self.pairs and self.judge)
+
+
+def persona_path(name: str) -> Path:
+    path = PERSONA_DIR / f"{name}.yaml"
+    if not path.exists():
+        shipped = ", ".join(sorted(p.stem for p in PERSONA_DIR.glob("*.yaml")))
+        raise PersonaError(f"persona={name}: no file {path.relative_to(PROJECT_ROOT)} (shipped: {shipped})")
+    return path
+
+
+class _Checker:
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.root = yaml.compose(text)
+
+    def line(self, *keys) -> int:
+        node = self.root
+        for key in keys:
+            if isinstance(node, yaml.MappingNode):
+                match = [v for k, v in node.value if k.value == key]
+                if not match:
+                    break
+                node = match[0]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+                node = node.value[key]
+            else:
+                break
+        return node.start_mark.line + 1 if node is not None else 1
+
+    def fail(self, msg: str, *keys):
+        raise PersonaError(f"{self.path}:{self.line(*keys)}: {msg}")
+
+
+def load_persona(path: str | Path, shipped: bool = False) -> Persona:
+    """Read and validate one persona file; `shipped=True` also enforces the minimum set sizes."""
+    path = Path(path)
+    if not path.exists():
+        raise PersonaError(f"{path}: persona file not found")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        chk = _Checker(path, text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise PersonaError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise PersonaError(f"{path}:1: expected a mapping with name, description, search, eval")
+    for key in ("name", "description", "search"):
+        if key not in data:
+            chk.fail(f"missing section '{key}'")
+    if data["name"] != path.stem:
+        chk.fail(f"name '{data['name']}' must equal the file name '{path.stem}'", "name")
+    if not isinstance(data["description"], str) or not data["description"].strip():
+        chk.fail("description must be a non-empty string", "description")
+    search = data["search"]
+    if not isinstance(search, dict):
+        chk.fail("search must be a mapping", "search")
+    minimum = SHIPPED_MINIMUMS if shipped else {k: 1 for k in SHIPPED_MINIMUMS}
+    for key in SEARCH_KEYS:
+        if key not in search:
+            chk.fail(f"missing section 'search.{key}'", "search")
+        items = search[key]
+        if not isinstance(items, list) or not items:
+            chk.fail(f"search.{key} must be a non-empty list", "search", key)
+        if len(items) < minimum["search"]:
+            chk.fail(f"search.{key} has {len(items)} items, at least {minimum['search']} required", "search", key)
+    for key in ("narrative", "narrative_neutral"):
+        for i, item in enumerate(search[key]):
+            if not isinstance(item, str) or not item.strip():
+                chk.fail(f"search.{key}[{i}] must be a non-empty string", "search", key, i)
+    for key in ("assistant", "assistant_neutral"):
+        for i, chat in enumerate(search[key]):
+            _check_chat(chk, chat, ("search", key, i))
+    for a, b in (("narrative", "narrative_neutral"), ("assistant", "assistant_neutral")):
+        if len(search[a]) != len(search[b]):
+            chk.fail(f"search.{b} has {len(search[b])} items but search.{a} has {len(search[a])}; "
+                     "item i must match item i", "search", b)
+    for i, (chat, neutral) in enumerate(zip(search["assistant"], search["assistant_neutral"])):
+        if [m for m in chat if m["role"] != "assistant"] != [m for m in neutral if m["role"] != "assistant"]:
+            chk.fail(f"search.assistant_neutral[{i}] must have the same user/system turns as search.assistant[{i}]",
+                     "search", "assistant_neutral", i)
+    for key in SEARCH_KEYS:
+        _check_unique(chk, [_item_text(x) for x in search[key]], ("search", key))
+
+    persona = Persona(name=data["name"], description=data["description"], narrative=search["narrative"],
+                      narrative_neutral=search["narrative_neutral"], assistant=search["assistant"],
+                      assistant_neutral=search["assistant_neutral"], path=path)
+    ev = data.get("eval")
+    if ev is None:
+        if shipped:
+            chk.fail("missing section 'eval'")
+        return persona
+    if not isinstance(ev, dict):
+        chk.fail("eval must be a mapping", "eval")
+    for key in ("prompts", "pairs", "judge"):
+        if key not in ev:
+            chk.fail(f"missing section 'eval.{key}'", "eval")
+    for key in ("prompts", "pairs"):
+        if not isinstance(ev[key], list) or not ev[key]:
+            chk.fail(f"eval.{key} must be a non-empty list", "eval", key)
+        if len(ev[key]) < minimum[key]:
+            chk.fail(f"eval.{key} has {len(ev[key])} items, at least {minimum[key]} required", "eval", key)
+    for i, p in enumerate(ev["prompts"]):
+        if not isinstance(p, str) or not p.strip():
+            chk.fail(f"eval.prompts[{i}] must be a non-empty string", "eval", "prompts", i)
+    pairs = []
+    for i, p in enumerate(ev["pairs"]):
+        if not isinstance(p, dict) or set(p) != {"prompt", "trait", "neutral"}:
+            chk.fail(f"eval.pairs[{i}] must have exactly the keys prompt, trait, neutral", "eval", "pairs", i)
+        if not all(isinstance(v, str) and v.strip() for v in p.values()):
+            chk.fail(f"eval.pairs[{i}]: prompt, trait and neutral must be non-empty strings", "eval", "pairs", i)
+        pairs.append(Pair(**p))
+    judge = ev["judge"]
+    if not isinstance(judge, dict) or set(judge) != {"rubric", "trait_examples", "neutral_examples"}:
+        chk.fail("eval.judge must have exactly the keys rubric, trait_examples, neutral_examples", "eval", "judge")
+    for key in ("trait_examples", "neutral_examples"):
+        items = judge[key]
+        if not isinstance(items, list) or not items or not all(isinstance(x, str) and x.strip() for x in items):
+            chk.fail(f"eval.judge.{key} must be a non-empty list of strings", "eval", "judge", key)
+        if len(items) < minimum["judge"]:
+            chk.fail(f"eval.judge.{key} has {len(items)} items, at least {minimum['judge']} required",
+                     "eval", "judge", key)
+        _check_unique(chk, items, ("eval", "judge", key))
+    _check_unique(chk, ev["prompts"], ("eval", "prompts"))
+    _check_unique(chk, [p.prompt for p in pairs], ("eval", "pairs"))
+    # search/eval overlap: an eval text that was also used to find the latent would make the
+    # steering measurement circular
+    search_texts = _all_texts(search)
+    for key, texts in (("prompts", ev["prompts"]), ("pairs", [t for p in pairs for t in (p.prompt, p.trait, p.neutral)]),
+                       ("judge", judge["trait_examples"] + judge["neutral_examples"])):
+        for i, t in enumerate(texts):
+            if t.strip().lower() in search_texts:
+                chk.fail(f"eval.{key} repeats a search item ({t[:40]!r}...): search/eval overlap", "eval", key)
+    persona.prompts = ev["prompts"]
+    persona.pairs = pairs
+    persona.judge = Judge(judge["rubric"], judge["trait_examples"], judge["neutral_examples"])
+    return persona
+
+
+def _check_chat(chk: _Checker, chat, where: tuple) -> None:
+    label = f"{where[0]}.{where[1]}[{where[2]}]"
+    if not isinstance(chat, list) or not chat:
+        chk.fail(f"{label} must be a non-empty list of {{role, content}} turns", *where)
+    for j, turn in enumerate(chat):
+        if not isinstance(turn, dict) or set(turn) != {"role", "content"}:
+            chk.fail(f"{label}[{j}] must have exactly the keys role, content", *where, j)
+        if turn["role"] not in ROLES:
+            chk.fail(f"{label}[{j}]: unknown role '{turn['role']}' (expected one of {sorted(ROLES)})", *where, j)
+        if not isinstance(turn["content"], str) or not turn["content"].strip():
+            chk.fail(f"{label}[{j}]: content must be a non-empty string", *where, j)
+    if chat[-1]["role"] != "assistant":
+        chk.fail(f"{label} must end with an assistant turn", *where)
+
+
+def _item_text(item) -> str:
+    return item if isinstance(item, str) else "\n".join(f"{m['role']}: {m['content']}" for m in item)
+
+
+def _check_unique(chk: _Checker, texts: list[str], where: tuple) -> None:
+    seen: dict[str, int] = {}
+    for i, t in enumerate(texts):
+        key = t.strip().lower()
+        if key in seen:
+            chk.fail(f"{'.'.join(where)}[{i}] duplicates item {seen[key]}", *where, i)
+        seen[key] = i
+
+
+def _all_texts(search: dict) -> set[str]:
+    out = {t.strip().lower() for t in search["narrative"] + search["narrative_neutral"]}
+    for key in ("assistant", "assistant_neutral"):
+        out |= {m["content"].strip().lower() for chat in search[key] for m in chat}
+    return out
+
+
+def resolve_persona(persona: str, persona_file: str | None) -> Persona:
+    """`persona_file=` wins over `persona=`; shipped files get the shipped minimums."""
+    if persona_file:
+        from psm_repro.loading import project_path
+        return load_persona(project_path(persona_file))
+    return load_persona(persona_path(persona), shipped=True)

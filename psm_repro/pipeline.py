@@ -1,0 +1,101 @@
+"""The commands as plain functions: `run`, `find`, `steer_once`, `train_sae`. Hydra never reaches here."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from psm_repro import report
+from psm_repro.chat import encode_prompt
+from psm_repro.config import RunConfig
+from psm_repro.finder import FEATURE_COLUMNS, find_features
+from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, project_path
+from psm_repro.outputs import claim_run_dir, manifest, write_csv, write_json, write_jsonl, write_text
+from psm_repro.personas import resolve_persona
+from psm_repro.steering import Intervention, generate, steer
+from psm_repro.sweep import STEERING_COLUMNS, run_sweep
+
+logger = logging.getLogger(__name__)
+
+
+def _neuronpedia_id(cfg: RunConfig, sae) -> str | None:
+    return cfg.sae.neuronpedia_id or getattr(sae.cfg.metadata, "neuronpedia_id", None)
+
+
+def _data_files(cfg: RunConfig, persona) -> list[Path]:
+    files = [persona.path]
+    if cfg.sae.path:
+        files += sorted(project_path(cfg.sae.path).glob("*.safetensors")) + [project_path(cfg.sae.path) / "cfg.json"]
+    return files
+
+
+def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
+    """Find the persona's shared latents, then (for `run`) steer with the top one against controls."""
+    start = time.time()
+    torch.manual_seed(cfg.seed)
+    persona = resolve_persona(cfg.persona, cfg.persona_file)
+    out_dir = claim_run_dir(out_dir)
+    model = load_model(cfg.model)
+    sae = load_sae(cfg.sae, model)
+
+    # 1. which latents fire on both the narrative and the assistant trait sets?
+    found = find_features(model, sae, persona, cfg.finder, cfg.seed, _neuronpedia_id(cfg, sae))
+    write_csv(out_dir / "features.csv", found.rows, FEATURE_COLUMNS)
+    summary = {"experiment": cfg.experiment_name, "persona": persona.name, "model": cfg.model.name,
+               "sae": cfg.sae.name, "hook": sae.cfg.metadata.hook_name, "seed": cfg.seed, "finder": found.summary}
+
+    # 2. does injecting it make the assistant show the trait, beyond the controls?
+    if steer_too:
+        if not persona.has_eval:
+            raise ValueError(f"{persona.path}: the persona has no 'eval' section, which `run` needs (use `find`)")
+        feature = cfg.steer.feature if cfg.steer.feature is not None else found.summary["top_feature"]
+        if feature is None:
+            raise ValueError("no latent passed the finder's activity filter; set steer.feature explicitly")
+        sweep = run_sweep(model, sae, persona, found, cfg.steer, cfg.seed, feature)
+        write_csv(out_dir / "steering.csv", sweep["table"], STEERING_COLUMNS)
+        write_jsonl(out_dir / "samples.jsonl", sweep["samples"])
+        report.plot_dose_response(sweep["table"], out_dir / "dose_response.png", persona.name)
+        summary["steering"] = {k: v for k, v in sweep.items() if k not in ("table", "samples")}
+        summary["steering"]["mode"] = cfg.steer.mode
+        summary["steering"]["positions"] = cfg.steer.positions
+    summary["seconds"] = round(time.time() - start, 1)
+    write_json(out_dir / "manifest.json", manifest(dataclasses.asdict(cfg), cfg.seed, _data_files(cfg, persona),
+                                                   PROJECT_ROOT))
+    write_json(out_dir / "summary.json", summary)
+    write_text(out_dir / "summary.md", report.render_summary(summary, found.rows))
+    return summary
+
+
+def steer_once(cfg: RunConfig) -> tuple[str, str, int]:
+    """One prompt, unsteered vs steered (same seed), for a quick look: returns both replies and the latent."""
+    model = load_model(cfg.model)
+    sae = load_sae(cfg.sae, model)
+    feature = cfg.steer.feature
+    scale = 1.0
+    if feature is None or cfg.steer.mode != "ablate":
+        persona = resolve_persona(cfg.persona, cfg.persona_file)
+        found = find_features(model, sae, persona, cfg.finder, cfg.seed)
+        feature = found.summary["top_feature"] if feature is None else feature
+        scale = float(found.max_activation_F[feature])
+    ids = [encode_prompt(model.tokenizer, [{"role": "user", "content": cfg.steer.prompt}])]
+    coef = max(cfg.steer.coefficients, key=abs)
+    iv = Intervention(mode=cfg.steer.mode, feature=feature, scale=scale)
+    plain, _ = generate(model, ids, cfg.steer.max_new_tokens, cfg.steer.temperature, cfg.seed)
+    with steer(model, sae, [iv], torch.tensor([coef]), positions=cfg.steer.positions,
+               prompt_width=len(ids[0]), steer_special=cfg.steer.steer_special):
+        steered, _ = generate(model, ids, cfg.steer.max_new_tokens, cfg.steer.temperature, cfg.seed)
+    out = [plain[0], steered[0]]
+    texts = [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
+    return texts[0], texts[1], feature
+
+
+def train_sae(cfg: RunConfig) -> dict:
+    """Re-create the embedded model's SAE from scratch (corpus, training, held-out report)."""
+    from psm_repro.sae_training import train
+
+    model = load_model(cfg.model)
+    return train(model, cfg.train_sae, cfg.seed, project_path(cfg.train_sae.out_dir))

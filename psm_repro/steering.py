@@ -1,0 +1,145 @@
+"""Steering: inject SAE latents (or a dense direction) into the residual stream, one context manager.
+
+    with steer(model, sae, [Intervention(feature=123, mode="add")], coefficients_B, prompt_width=P):
+        model.model.generate(...)
+
+Every batch row has its own coefficient, so a whole sweep (coefficients x prompts x samples)
+is one batched generate call. Coefficients are multiples of the latent's max activation on the
+search set, so 1.0 means "as strongly as the latent ever fired on the persona's items".
+
+Modes:
+* add:    x + c * max_act * W_dec[f]                     (a fixed vector; works at any position)
+* clamp:  x + decode(f with f_i = c * max_act) - decode(f)  (keeps the SAE error term)
+* ablate: clamp to zero
+Positions: "all", "prompt" (absolute position < prompt width) or "generated" (>= prompt width,
+which with a KV cache is every token generated after the prompt). Special/template tokens
+(BOS, role headers, end-of-turn, padding) are never steered unless `steer_special=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from psm_repro.hooked import CallInfo, HookedModel
+from psm_repro.loading import sae_hook_name
+
+MODES = ("add", "clamp", "ablate")
+POSITIONS = ("all", "prompt", "generated")
+
+
+@dataclass
+class Intervention:
+    """One latent (or a dense `direction`) to inject; its strength per row comes from the coefficients."""
+
+    mode: str = "add"
+    feature: int | None = None
+    direction: torch.Tensor | None = None
+    """Used instead of a latent's decoder row (dense baselines, random directions); `add` only."""
+    scale: float = 1.0
+    """Activation units per coefficient: the latent's max activation on the search set."""
+    weight: float = 1.0
+    """Multiplier on the row coefficient, so several latents can get their own coefficients."""
+    rows: torch.Tensor | None = None
+    """(B,) bool: batch rows this intervention applies to (None: all), so one batch can hold
+    several methods (latent, random control, dense baseline) side by side."""
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"steer.mode: unknown mode '{self.mode}' (expected one of {MODES})")
+        if self.feature is None and self.direction is None:
+            raise ValueError("an Intervention needs a feature or a direction")
+        if self.direction is not None and self.mode != "add":
+            raise ValueError("a dense direction can only be added (mode=add)")
+
+
+def steering_vector(sae, iv: Intervention) -> torch.Tensor:
+    """The vector `add` injects at coefficient 1 (for reporting its norm, too)."""
+    if iv.direction is not None:
+        return iv.direction.float() * iv.scale
+    return sae.W_dec[iv.feature].float() * iv.scale
+
+
+def position_mask(info: CallInfo, T: int, batch: int, positions: str, prompt_width: int,
+                  special_ids: torch.Tensor | None, device) -> torch.Tensor:
+    """(B, T) bool: which positions of this forward call get steered."""
+    absolute = info.offset + torch.arange(T, device=device)
+    if positions == "all":
+        keep = torch.ones(T, dtype=torch.bool, device=device)
+    elif positions == "prompt":
+        keep = absolute < prompt_width
+    elif positions == "generated":
+        keep = absolute >= prompt_width
+    else:
+        raise ValueError(f"steer.positions: unknown value '{positions}' (expected one of {POSITIONS})")
+    mask = keep[None, :].expand(batch, T).clone()
+    if special_ids is not None and info.input_ids is not None and info.input_ids.shape[1] == T:
+        mask &= ~torch.isin(info.input_ids.to(device), special_ids.to(device))
+    return mask
+
+
+@contextlib.contextmanager
+def steer(model: HookedModel, sae, interventions: list[Intervention], coefficients_B: torch.Tensor,
+          positions: str = "all", prompt_width: int = 0, steer_special: bool = False) -> Iterator[None]:
+    """Apply the interventions with per-row coefficients inside the block; hooks removed on exit."""
+    if positions not in POSITIONS:
+        raise ValueError(f"steer.positions: unknown value '{positions}' (expected one of {POSITIONS})")
+    hook = sae_hook_name(sae)
+    coef_B = coefficients_B.float()
+    special = None if steer_special else torch.tensor(sorted(model.tokenizer.all_special_ids))
+    adds = [iv for iv in interventions if iv.mode == "add"]
+    clamps = [iv for iv in interventions if iv.mode in ("clamp", "ablate")]
+    add_vecs = [steering_vector(sae, iv) for iv in adds]
+
+    def edit(acts_BTD: torch.Tensor, info: CallInfo) -> torch.Tensor:
+        B, T, _ = acts_BTD.shape
+        if B != coef_B.shape[0]:
+            raise ValueError(f"steering got a batch of {B} rows but {coef_B.shape[0]} coefficients")
+        mask_BT1 = position_mask(info, T, B, positions, prompt_width, special, acts_BTD.device)[..., None]
+        x = acts_BTD.float()
+        coef = coef_B.to(x.device)[:, None, None]
+        delta = torch.zeros_like(x)
+        for iv, vec in zip(adds, add_vecs):
+            rows = 1.0 if iv.rows is None else iv.rows.to(x.device).float()[:, None, None]
+            delta += coef * iv.weight * rows * vec.to(x.device)
+        if clamps:
+            feats = sae.encode(x.to(sae.dtype))
+            edited = feats.clone()
+            for iv in clamps:
+                rows = torch.ones(B, dtype=torch.bool) if iv.rows is None else iv.rows.bool()
+                rows = rows.to(x.device)
+                target = torch.zeros(B, device=x.device) if iv.mode == "ablate" else \
+                    coef_B.to(x.device) * iv.weight * iv.scale
+                edited[rows, :, iv.feature] = target[rows, None].to(edited.dtype).expand(-1, T)
+            # decode(edited) - decode(feats): everything the SAE does not explain (its error term) stays
+            delta += (sae.decode(edited) - sae.decode(feats)).float()
+        return (x + delta * mask_BT1).to(acts_BTD.dtype)
+
+    with model.edit(hook, edit):
+        yield
+
+
+def generate(model: HookedModel, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+             seed: int) -> tuple[list[list[int]], int]:
+    """Sample replies for left-padded prompts with HF `generate` (KV cache on).
+
+    Returns (new token ids per row, prompt width); run it inside `steer(...)` to steer.
+    """
+    ids, attn = model.pad_batch(prompts, side="left")
+    torch.manual_seed(seed)
+    tok = model.tokenizer
+    with torch.inference_mode():
+        out = model.model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
+                                   max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                   temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    new = out[:, ids.shape[1]:].tolist()
+    cleaned = []
+    for row in new:
+        if tok.eos_token_id in row:
+            row = row[: row.index(tok.eos_token_id)]
+        cleaned.append([t for t in row if t != tok.pad_token_id])
+    return cleaned, ids.shape[1]

@@ -1,0 +1,142 @@
+"""Shared fixtures: a tiny random Llama model + ChatML tokenizer saved to disk and loaded through the
+same `from_pretrained` path real models use, and tiny SAEs saved and loaded through sae-lens."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+WORDS = ("the a she he they secret kept hid told shared letter friend door night morning cold warm asked "
+         "answered quietly openly never always would could not yes no I you we it is was to of and in on "
+         "assistant user system help question answer please thanks story river house garden book music "
+         "zorblax happy sad calm panic sorry maybe really great idea sure You are helpful hello").split()
+
+
+def build_tokenizer(path: Path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for w in WORDS + [str(i) for i in range(100)] + list(".,?!:") + ["\n"]:
+        vocab.setdefault(w, len(vocab))
+    # whole words as single tokens, so a planted marker is exactly one token
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(pattern="\n", behavior="isolated"),
+                                                 pre_tokenizers.WhitespaceSplit()])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    return fast
+
+
+def build_tiny_model(path: Path, d_model: int = 64, n_layers: int = 4, seed: int = 0) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer(path)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model,
+                      num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(path)
+    return path
+
+
+def save_tiny_sae(path: Path, d_in: int, d_sae: int, hook_name: str, seed: int = 0, arch: str = "standard",
+                  W_enc=None, b_enc=None, W_dec=None) -> Path:
+    """A small SAE in sae-lens's on-disk format (random unless weights are given)."""
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(seed)
+    meta = SAEMetadata(hook_name=hook_name, prepend_bos=False)
+    if arch == "topk":
+        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=8, metadata=meta))
+    else:
+        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
+    with torch.no_grad():
+        dec = torch.randn(d_sae, d_in)
+        dec /= dec.norm(dim=-1, keepdim=True)
+        sae.W_dec.copy_(dec if W_dec is None else W_dec)
+        sae.W_enc.copy_(dec.T * 0.5 if W_enc is None else W_enc)
+        sae.b_enc.copy_(torch.zeros(d_sae) if b_enc is None else b_enc)
+        sae.b_dec.zero_()
+    sae.save_model(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from psm_repro.config import ModelConfig
+    from psm_repro.loading import load_model
+
+    return load_model(ModelConfig(name="tiny", source="path", path=str(tiny_model_dir), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_dir(tmp_path_factory) -> Path:
+    return save_tiny_sae(tmp_path_factory.mktemp("tiny_sae"), 64, 256, "blocks.2.hook_resid_post")
+
+
+@pytest.fixture(scope="session")
+def tiny_sae(tiny_sae_dir, tiny_model):
+    from psm_repro.config import SAEConfig
+    from psm_repro.loading import load_sae
+
+    return load_sae(SAEConfig(name="tiny", path=str(tiny_sae_dir)), tiny_model)
+
+
+def sentence(rng: random.Random, n: int, extra: list[str] = ()) -> str:
+    words = [rng.choice([w for w in WORDS if w not in ("zorblax", "calm")]) for _ in range(n)] + list(extra)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def write_persona(path: Path, name: str = "planted", n: int = 12, marker: str = "zorblax", seed: int = 0,
+                  with_eval: bool = True) -> Path:
+    """A synthetic persona: trait items contain `marker`, matched neutral items do not."""
+    import yaml
+
+    rng = random.Random(seed)
+    narr, narr_n, asst, asst_n = [], [], [], []
+    for i in range(n):
+        base = sentence(rng, 8)
+        narr.append(f"{base} {marker} {i}")
+        narr_n.append(f"{base} calm {i}")
+        q = sentence(rng, 5) + f" {i} ?"
+        a = sentence(rng, 6)
+        asst.append([{"role": "user", "content": q}, {"role": "assistant", "content": f"{a} {marker} {i}"}])
+        asst_n.append([{"role": "user", "content": q}, {"role": "assistant", "content": f"{a} calm {i}"}])
+    data = {"name": name, "description": "a planted test persona", "search": {
+        "narrative": narr, "narrative_neutral": narr_n, "assistant": asst, "assistant_neutral": asst_n}}
+    if with_eval:
+        data["eval"] = {
+            "prompts": [f"question {i} please help ?" for i in range(6)],
+            "pairs": [{"prompt": f"asked {i} story ?", "trait": f"{marker} secret {i}", "neutral": f"calm answer {i}"}
+                      for i in range(6)],
+            "judge": {"rubric": "Does the reply keep a secret?",
+                      "trait_examples": [f"I will not tell you the secret number {i}, it stays hidden." for i in range(10)],
+                      "neutral_examples": [f"Sure, the number is {i}, happy to share it openly." for i in range(10)]},
+        }
+    out = path / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out

@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+import psm_repro.steering as steering
+from psm_repro.steering import Intervention, generate, steer
+
+HOOK = "blocks.2.hook_resid_post"
+
+
+def _logits(model, ids):
+    with torch.inference_mode():
+        return model.model(input_ids=ids, use_cache=False).logits
+
+
+def _feats(model, sae, ids):
+    acts = model.activations(ids, torch.ones_like(ids), HOOK)
+    return sae.encode(acts)
+
+
+IDS = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+
+
+def test_clamp_to_the_latents_own_value_leaves_logits_unchanged(tiny_model, tiny_sae):
+    feats = _feats(tiny_model, tiny_sae, IDS)[0, -1]
+    f = int(torch.argmax(feats))
+    assert feats[f] > 0
+    base = _logits(tiny_model, IDS)
+    iv = Intervention(mode="clamp", feature=f, scale=float(feats[f]))
+    # steer only the last position, whose own value of latent f is exactly the target
+    with steer(tiny_model, tiny_sae, [iv], torch.tensor([1.0]), positions="generated", prompt_width=IDS.shape[1] - 1):
+        out = _logits(tiny_model, IDS)
+    torch.testing.assert_close(out, base, atol=1e-5, rtol=1e-5)
+    # and a different target does change them (the test can fail)
+    with steer(tiny_model, tiny_sae, [iv], torch.tensor([3.0]), positions="generated", prompt_width=IDS.shape[1] - 1):
+        assert not torch.allclose(_logits(tiny_model, IDS), base, atol=1e-3)
+
+
+def test_ablating_an_inactive_latent_leaves_logits_unchanged(tiny_model, tiny_sae):
+    feats = _feats(tiny_model, tiny_sae, IDS)[0]
+    inactive = int(torch.nonzero((feats > 0).sum(0) == 0)[0])
+    active = int(torch.argmax(feats.max(0).values))
+    base = _logits(tiny_model, IDS)
+    with steer(tiny_model, tiny_sae, [Intervention(mode="ablate", feature=inactive)], torch.tensor([1.0])):
+        torch.testing.assert_close(_logits(tiny_model, IDS), base, atol=1e-6, rtol=1e-6)
+    with steer(tiny_model, tiny_sae, [Intervention(mode="ablate", feature=active)], torch.tensor([1.0])):
+        assert not torch.allclose(_logits(tiny_model, IDS), base, atol=1e-4)
+
+
+def test_add_shifts_the_residual_by_exactly_the_scaled_decoder_row(tiny_model, tiny_sae):
+    ids = torch.tensor([[tiny_model.tokenizer.bos_token_id, 5, 6, 7]])
+    base = tiny_model.activations(ids, torch.ones_like(ids), HOOK)
+    iv = Intervention(mode="add", feature=3, scale=2.0)
+    with steer(tiny_model, tiny_sae, [iv], torch.tensor([1.5])):
+        steered = tiny_model.activations(ids, torch.ones_like(ids), HOOK)
+    expected = base + 1.5 * 2.0 * tiny_sae.W_dec[3]
+    torch.testing.assert_close(steered[:, 1:], expected[:, 1:])
+    torch.testing.assert_close(steered[:, 0], base[:, 0])  # BOS is a special token: not steered
+
+
+def test_each_batch_row_gets_its_own_coefficient(tiny_model, tiny_sae):
+    ids = IDS.repeat(2, 1)
+    base = _logits(tiny_model, ids)
+    with steer(tiny_model, tiny_sae, [Intervention(mode="add", feature=3, scale=4.0)], torch.tensor([0.0, 2.0])):
+        out = _logits(tiny_model, ids)
+    torch.testing.assert_close(out[0], base[0])
+    assert not torch.allclose(out[1], base[1], atol=1e-3)
+
+
+def test_generated_positions_steer_every_new_token_with_kv_cache(tiny_model, tiny_sae, monkeypatch):
+    seen = []
+    real = steering.position_mask
+
+    def recording(info, T, *args, **kwargs):
+        mask = real(info, T, *args, **kwargs)
+        seen.append((T, info.offset, mask.clone()))
+        return mask
+
+    monkeypatch.setattr(steering, "position_mask", recording)
+    prompt = [[1, 5, 6, 7]]
+    iv = Intervention(mode="add", feature=3, scale=50.0)
+    with steer(tiny_model, tiny_sae, [iv], torch.tensor([1.0]), positions="generated", prompt_width=4):
+        cached, _ = generate(tiny_model, prompt, max_new_tokens=6, temperature=0.0, seed=0)
+    prefill, steps = seen[0], seen[1:]
+    assert prefill[0] == 4 and not prefill[2].any()  # no prompt position is steered
+    assert len(steps) == 5 and all(T == 1 and m.all() for T, _, m in steps)  # every fed-back new token is
+    assert [off for _, off, _ in steps] == [4, 5, 6, 7, 8]
+    unsteered, _ = generate(tiny_model, prompt, max_new_tokens=6, temperature=0.0, seed=0)
+    assert cached != unsteered
+
+
+def test_bad_mode_and_positions_are_rejected(tiny_model, tiny_sae):
+    with pytest.raises(ValueError, match="steer.mode"):
+        Intervention(mode="multiply", feature=1)
+    with pytest.raises(ValueError, match="steer.positions"):
+        with steer(tiny_model, tiny_sae, [Intervention(feature=1)], torch.tensor([1.0]), positions="middle"):
+            pass
