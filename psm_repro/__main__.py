@@ -81,12 +81,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(err: Exception) -> str:
-    msg = str(err).strip().splitlines()
-    name = type(err).__name__
-    text = msg[0] if msg else name
-    # Hydra/OmegaConf put the offending key on a later line ("full_key: sae.d_in")
-    key = next((m.strip() for m in msg[1:] if m.strip().startswith("full_key:")), "")
-    return f"{text} ({key})" if key and key.split(":", 1)[1].strip() not in text else text
+    """The message a user needs, on one line: Hydra's own text plus the cause that names the key."""
+    lines = [x.strip() for x in str(err).strip().splitlines() if x.strip()]
+    text = lines[0] if lines else type(err).__name__
+    if "Available options in" in str(err):  # an unknown config group option: list the real ones
+        idx = next(i for i, x in enumerate(lines) if x.startswith("Available options in"))
+        options = [x for x in lines[idx + 1:] if not x.startswith(("Config search path", "provider="))
+                   and not x.endswith("_schema")]
+        options = options[: options.index("Config search path:")] if "Config search path:" in options else options
+        text += f" (available: {', '.join(options)})"
+    cause = err.__cause__
+    if cause is not None:
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        if first and first not in text:
+            text = text.rstrip(".") + f": {first}"
+    return text
 
 
 def _dispatch(command: str, cfg, run_dir: Path) -> int:

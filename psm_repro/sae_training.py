@@ -90,15 +90,18 @@ def build_corpus(model: HookedModel, cfg: TrainSAEConfig, seed: int) -> CorpusSp
     return CorpusSplit(train, heldout, provenance)
 
 
-def train(model: HookedModel, cfg: TrainSAEConfig, seed: int, out_dir: Path) -> dict:
-    """Train with sae-lens, save weights (half precision) + report to `out_dir`; return metrics."""
+def train(model: HookedModel, cfg: TrainSAEConfig, seed: int, out_dir: Path, split: CorpusSplit | None = None) -> dict:
+    """Train with sae-lens, save weights (half precision) + report to `out_dir`; return the report.
+
+    `split` replaces the default corpus (tests pass a small synthetic one).
+    """
     from datasets import Dataset
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
     from sae_lens.load_model import HookedProxyLM
     from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
 
     torch.manual_seed(seed)
-    split = build_corpus(model, cfg, seed)
+    split = split or build_corpus(model, cfg, seed)
     hook_name = f"model.layers.{cfg.layer}"
     n_train_tokens = len(split.train) * cfg.context_size
     training_tokens = min(cfg.training_tokens, n_train_tokens)
@@ -204,6 +207,13 @@ def meets(metrics: dict) -> dict[str, bool]:
     return {k: (metrics[k] <= v if op == "<=" else metrics[k] >= v) for k, (op, v) in TARGETS.items()}
 
 
+def _heldout_text(c: dict) -> str:
+    if "shakespeare" not in c:
+        return "a held-out split"
+    return (f"held-out works: {', '.join(c['shakespeare']['heldout_works'])}; "
+            f"{c['generated_chats']['heldout_chats']} held-out generated chats")
+
+
 def render_report(report: dict) -> str:
     m = report["heldout_metrics"]
     ok = meets(m)
@@ -219,8 +229,7 @@ def render_report(report: dict) -> str:
         "## Held-out metrics",
         "",
         f"Measured on {m['heldout_tokens']:,} tokens from documents the SAE never saw "
-        f"(held-out works: {', '.join(c['shakespeare']['heldout_works'])}; "
-        f"{c['generated_chats']['heldout_chats']} held-out generated chats). Position 0 excluded.",
+        f"({_heldout_text(c)}). Position 0 excluded.",
         "",
         "| metric | value | target | met |",
         "|---|---|---|---|",
@@ -232,11 +241,10 @@ def render_report(report: dict) -> str:
         "",
         "## Corpus",
         "",
-        f"- {c['shakespeare']['source']}: {c['shakespeare']['works']} works, "
-        f"{c['shakespeare']['train_tokens']:,} training tokens.",
-        f"- {c['generated_chats']['source']}: {c['generated_chats']['chats']} chats, "
-        f"{c['generated_chats']['train_tokens']:,} training tokens.",
-        f"- {c['train_sequences']:,} training sequences of {c['context_size']} tokens. No persona file text is used.",
+        *[f"- {v['source']}: {v['train_tokens']:,} training tokens." for v in c.values()
+          if isinstance(v, dict) and "train_tokens" in v],
+        f"- {c.get('train_sequences', 0):,} training sequences of {c.get('context_size', '?')} tokens. "
+        "No persona file text is used.",
         "",
     ]
     return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""Every CLI command has a smoke test on the tiny model; errors are one line, never a traceback."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from psm_repro.__main__ import main
+from conftest import write_persona
+
+ROOT = Path(__file__).parent.parent
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "psm_repro", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)
+
+
+def test_no_command_prints_usage_and_fails():
+    r = _cli()
+    assert r.returncode != 0 and "usage: python -m psm_repro" in r.stderr
+
+
+def test_unknown_command_prints_usage_and_fails():
+    r = _cli("frobnicate")
+    assert r.returncode != 0 and "unknown command 'frobnicate'" in r.stderr and "usage" in r.stderr
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("model=nope", "model"), ("sae.d_in=-3", "sae.d_in"), ("steer.coefficent=3", "coefficent")])
+def test_bad_override_is_one_line_without_traceback(override, needle):
+    r = _cli("run", override)
+    assert r.returncode != 0
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.fixture()
+def tiny_overrides(tiny_model_dir, tiny_sae_dir, tmp_path):
+    persona = write_persona(tmp_path, n=12)
+    return [f"model=hf_local", f"model.path={tiny_model_dir}", "model.device=cpu", "sae=local",
+            f"sae.path={tiny_sae_dir}", f"persona_file={persona}", "finder.n_permutations=500"]
+
+
+def test_find_writes_features_with_the_required_columns(tiny_overrides, tmp_path, capsys):
+    out = tmp_path / "find_run"
+    assert main(["find", *tiny_overrides, f"hydra.run.dir={out}"]) == 0
+    with open(out / "features.csv") as fh:
+        header = next(csv.reader(fh))
+    for col in ["rank", "feature", "score", "narrative_effect", "assistant_effect", "narrative_p", "assistant_p",
+                "max_activation", "top_tokens"]:
+        assert col in header
+    assert (out / "summary.md").exists() and (out / "manifest.json").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and manifest["versions"]["torch"] and manifest["data_files"]
+
+
+def test_runs_never_overwrite_earlier_results(tiny_overrides, tmp_path, capsys):
+    out = tmp_path / "once"
+    assert main(["find", *tiny_overrides, f"hydra.run.dir={out}"]) == 0
+    before = (out / "features.csv").read_bytes()
+    assert main(["find", *tiny_overrides, f"hydra.run.dir={out}"]) == 1
+    assert "already holds results" in capsys.readouterr().err
+    assert (out / "features.csv").read_bytes() == before
+
+
+def test_run_writes_a_full_result_card_and_is_reproducible(tiny_overrides, tmp_path, capsys):
+    steer = ["steer.n_prompts=4", "steer.samples_per_prompt=1", "steer.max_new_tokens=6", "steer.n_bootstrap=200",
+             "steer.coefficients=[0,4]"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["run", *tiny_overrides, *steer, f"hydra.run.dir={a}"]) == 0
+    assert main(["run", *tiny_overrides, *steer, f"hydra.run.dir={b}"]) == 0
+    for name in ("features.csv", "steering.csv", "samples.jsonl", "summary.md", "manifest.json", "dose_response.png"):
+        assert (a / name).exists(), name
+    assert (a / "steering.csv").read_bytes() == (b / "steering.csv").read_bytes()
+    with open(a / "steering.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["method"] for r in rows} == {"unsteered", "system_prompt", "sae_latent", "random_latent",
+                                           "dense_direction"}
+    for col in ("method", "feature", "coefficient", "trait_score", "trait_ci_low", "trait_ci_high",
+                "contrast_logprob", "coherence", "n"):
+        assert col in rows[0]
+    assert "latent - random latent" in (a / "summary.md").read_text()
+
+
+def test_steer_prints_both_replies_side_by_side(tiny_overrides, capsys):
+    assert main(["steer", *tiny_overrides, "steer.max_new_tokens=5", "steer.prompt=the secret ?"]) == 0
+    out = capsys.readouterr().out
+    assert "unsteered" in out and "steered (x" in out
+
+
+def test_tables_regenerates_results_readme_byte_for_byte(capsys):
+    readme = ROOT / "results" / "README.md"
+    if not readme.exists():
+        pytest.skip("no committed results yet")
+    before = readme.read_bytes()
+    assert main(["tables"]) == 0
+    assert readme.read_bytes() == before

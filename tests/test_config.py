@@ -1,0 +1,38 @@
+"""Every config composes into typed dataclasses; bad overrides fail before any model loads."""
+
+from pathlib import Path
+
+import pytest
+
+from psm_repro.__main__ import compose
+from psm_repro.config import RunConfig
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parent.parent / "configs" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    cfg, run_dir = compose("run", [f"experiment={experiment}"])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.experiment_name == experiment
+    assert cfg.persona in experiment
+    assert experiment in str(run_dir)
+
+
+def test_default_config_is_the_embedded_model_and_committed_sae():
+    cfg, _ = compose("find", [])
+    assert cfg.model.source == "embedded" and cfg.sae.path == "saes/smollm2_135m_l15_topk"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model=nope", "model"),
+    ("sae.d_in=-3", "sae.d_in"),
+    ("finder.aggregaton=max", "aggregaton"),
+    ("steer.mode=multiply", "steer.mode"),
+    ("steer.max_new_tokens=ten", "max_new_tokens"),
+    ("model.dtype=float8", "model.dtype"),
+])
+def test_bad_overrides_fail_naming_the_key(override, message):
+    with pytest.raises(Exception) as err:
+        compose("run", [override])
+    assert message in str(err.value)
