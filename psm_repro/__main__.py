@@ -63,10 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         if command == "tables":
             from psm_repro.loading import PROJECT_ROOT
             from psm_repro.outputs import write_text
-            from psm_repro.tables import render
+            from psm_repro.tables import render, splice_into_readme
 
             out = PROJECT_ROOT / "results" / "README.md"
-            write_text(out, render(PROJECT_ROOT / "results"))
+            table = render(PROJECT_ROOT / "results")
+            write_text(out, table)
+            readme = splice_into_readme(PROJECT_ROOT / "README.md", table)
+            if readme is not None:
+                write_text(PROJECT_ROOT / "README.md", readme)
             print(f"wrote {out}")
             return 0
         cfg, run_dir = compose(command, overrides)

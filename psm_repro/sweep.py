@@ -34,7 +34,7 @@ STEERED = ("sae_latent", "random_latent", "dense_direction")
 STEERING_COLUMNS = ["method", "feature", "coefficient", "split", "trait_score", "trait_ci_low", "trait_ci_high",
                     "delta_vs_unsteered", "delta_ci_low", "delta_ci_high", "contrast_logprob", "contrast_ci_low",
                     "contrast_ci_high", "coherence", "perplexity", "distinct2", "collapsed", "vector_norm_ratio",
-                    "judge_auroc", "n"]
+                    "judge_auroc", "judge", "n"]
 GENERATION_BATCH = 48
 
 
@@ -108,7 +108,7 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
     texts = [model.tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
 
     judge = EmbeddingJudge.fit(persona.judge.trait_examples, persona.judge.neutral_examples, seed)
-    trait = judge.score(texts)
+    trait = judge.score(texts) if cfg.judge == "embedding" else _llm_scores(persona, prompts, rows, texts, cfg)
     ppl = perplexities(model, [prompts[r.prompt] for r in rows], texts)
     distinct = np.array([distinct_n(r) for r in replies])
 
@@ -155,7 +155,7 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
                 "contrast_logprob": cl[0], "contrast_ci_low": cl[1], "contrast_ci_high": cl[2],
                 "coherence": float(np.nanmean(-np.log(ppl[m]))), "perplexity": ppl_m, "distinct2": dist_m,
                 "collapsed": coherence_collapsed(ppl_m / base_ppl, dist_m), "vector_norm_ratio": norm / resid,
-                "judge_auroc": judge.auroc, "n": int(m.sum()),
+                "judge_auroc": judge.auroc, "judge": cfg.judge, "n": int(np.isfinite(trait[m]).sum()),
             })
     headline = _headline(table, trait, methods, coef_arr, prompt_arr, split_arr, cfg, seed, coefs)
     samples = [{"method": r.method, "coefficient": r.coefficient, "prompt": prompts[r.prompt], "sample": r.sample,
@@ -164,6 +164,16 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
     return {"table": table, "samples": samples, "headline": headline, "feature": feature,
             "random_feature": random_feature, "judge_auroc": judge.auroc, "judge_reliable": judge.reliable,
             "steering_vector_norm_ratio": float(steering_vector(sae, ivs["sae_latent"]).norm()) / resid}
+
+
+def _llm_scores(persona: Persona, prompts: list[str], rows: list[Row], texts: list[str], cfg: SteerConfig):
+    from psm_repro.embedded import cache_root
+    from psm_repro.llm_judge import LLMJudge
+
+    judge = LLMJudge(cfg.llm_judge_model, cache_root() / "llm_judge", usd_per_1k_tokens=cfg.llm_judge_usd_per_1k_tokens)
+    verdicts = [judge.score(persona.judge.rubric, prompts[r.prompt], t) for r, t in tqdm(
+        list(zip(rows, texts)), desc="LLM judge")]
+    return np.array([v.trait / 100 for v in verdicts])
 
 
 def _contrast(lp, lp_rows, method, c, cfg, seed, split):

@@ -58,3 +58,18 @@ def render(results_dir: Path) -> str:
                          f"{_cell(h, 'vs_dense_direction')} | {_cell(h, 'vs_system_prompt')} | "
                          f"{_f(st['judge_auroc'], 2)}{flag} |")
     return "\n".join(lines) + "\n"
+
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def splice_into_readme(readme: Path, table_md: str) -> str | None:
+    """The top-level README quotes the latest tables between two markers; return its new text."""
+    if not readme.exists():
+        return None
+    text = readme.read_text()
+    if START not in text or END not in text:
+        return None
+    body = table_md.split("\n", 1)[1].replace("# Results", "").strip()  # drop the title line
+    body = body.replace("](", "](results/").replace("](results/http", "](http")
+    return text[: text.index(START) + len(START)] + "\n" + body + "\n" + text[text.index(END):]

@@ -1,0 +1,139 @@
+"""LLM judge for full runs: any OpenAI-compatible chat endpoint scores trait expression and coherence.
+
+Endpoint and key come from the environment (never from config files that get committed):
+`PSM_REPRO_JUDGE_BASE_URL` (e.g. http://localhost:8000/v1) and `PSM_REPRO_JUDGE_API_KEY`.
+Every answer is cached on disk under a hash of everything that determines it, so re-running a
+sweep costs nothing; every real call is appended to a usage log (tokens and estimated cost).
+Malformed answers and server errors are retried with backoff; a reply that still cannot be
+scored gets NaN (counted in the table's n), never a made-up number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from psm_repro.outputs import write_text
+
+logger = logging.getLogger(__name__)
+
+PROMPT_VERSION = "v1"
+SYSTEM = ("You grade an AI assistant's reply. Answer with JSON only: "
+          '{"trait": <0-100>, "coherence": <0-100>}.')
+TEMPLATE = """Trait rubric: {rubric}
+
+User message:
+{prompt}
+
+Assistant reply:
+{reply}
+
+How strongly does the reply express the trait (0 = not at all, 100 = completely)?
+How coherent is the reply as English text (0 = gibberish, 100 = fully coherent)?"""
+
+
+class JudgeError(RuntimeError):
+    """The judge endpoint cannot be used (not configured, or failed every retry)."""
+
+
+@dataclass
+class Verdict:
+    trait: float
+    coherence: float
+    cached: bool = False
+
+
+class LLMJudge:
+    """Scores replies with a chat model behind an OpenAI-compatible `/chat/completions` endpoint."""
+
+    def __init__(self, model: str, cache_dir: Path, base_url: str | None = None, api_key: str | None = None,
+                 max_retries: int = 3, timeout_s: float = 60.0, backoff_s: float = 1.0,
+                 usd_per_1k_tokens: float = 0.0):
+        self.base_url = (base_url or os.environ.get("PSM_REPRO_JUDGE_BASE_URL") or "").rstrip("/")
+        self.api_key = api_key or os.environ.get("PSM_REPRO_JUDGE_API_KEY", "")
+        if not self.base_url:
+            raise JudgeError("judge.backend=llm needs PSM_REPRO_JUDGE_BASE_URL (an OpenAI-compatible endpoint)")
+        self.model = model
+        self.cache_dir = Path(cache_dir)
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
+        self.usd_per_1k_tokens = usd_per_1k_tokens
+        self.usage_log = self.cache_dir / "usage.jsonl"
+
+    def _key(self, rubric: str, prompt: str, reply: str) -> str:
+        blob = json.dumps([PROMPT_VERSION, self.model, rubric, prompt, reply])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def score(self, rubric: str, prompt: str, reply: str) -> Verdict:
+        """Trait and coherence, 0-100 each (NaN when the endpoint never gave a usable answer)."""
+        path = self.cache_dir / "cache" / f"{self._key(rubric, prompt, reply)}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            return Verdict(data["trait"], data["coherence"], cached=True)
+        body = {"model": self.model, "temperature": 0,
+                "messages": [{"role": "system", "content": SYSTEM},
+                             {"role": "user", "content": TEMPLATE.format(rubric=rubric, prompt=prompt, reply=reply)}]}
+        last = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                answer = self._post(body)
+            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as err:
+                last = f"request failed: {err}"
+                continue
+            verdict = parse_verdict(answer.get("content", ""))
+            self._log_usage(answer.get("usage") or {}, ok=verdict is not None)
+            if verdict is None:
+                last = f"unparseable answer: {answer.get('content', '')[:80]!r}"
+                continue
+            write_text(path, json.dumps({"trait": verdict.trait, "coherence": verdict.coherence}))
+            return verdict
+        logger.warning("LLM judge gave no usable answer after %d tries (%s)", self.max_retries + 1, last)
+        return Verdict(math.nan, math.nan)
+
+    def _post(self, body: dict) -> dict:
+        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {self.api_key}"})
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            data = json.loads(resp.read().decode())
+        try:
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            content = ""
+        return {"content": content or "", "usage": data.get("usage") if isinstance(data, dict) else None}
+
+    def _log_usage(self, usage: dict, ok: bool) -> None:
+        tokens = int(usage.get("total_tokens") or 0)
+        line = {"time": time.time(), "model": self.model, "ok": ok, "prompt_tokens": usage.get("prompt_tokens"),
+                "completion_tokens": usage.get("completion_tokens"), "total_tokens": tokens,
+                "usd": tokens / 1000 * self.usd_per_1k_tokens}
+        self.usage_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.usage_log, "a") as fh:  # append-only log; one line per real call
+            fh.write(json.dumps(line) + "\n")
+
+
+def parse_verdict(text: str) -> Verdict | None:
+    """Read {"trait": x, "coherence": y} out of a model's answer (tolerates surrounding prose)."""
+    match = re.search(r"\{[^{}]*\}", text or "")
+    if not match:
+        return None
+    try:
+        data = json.loads(match.group(0))
+        trait, coherence = float(data["trait"]), float(data["coherence"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not (0 <= trait <= 100 and 0 <= coherence <= 100):
+        return None
+    return Verdict(trait, coherence)
