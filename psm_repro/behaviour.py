@@ -100,14 +100,18 @@ def reply_logprobs(model: HookedModel, rows: list[list[int]], starts: list[int],
         ids = torch.tensor([[pad if t is None else t for t in r] + [pad] * (length - len(r)) for r in batch])
         attn = torch.tensor([[0 if t is None else 1 for t in r] + [0] * (length - len(r)) for r in batch])
         ctx = steer_ctx(sl, width) if steer_ctx else contextlib.nullcontext()
+        # logits only from position width-1 on: the reply tokens' predictions, not the prompt's
+        # (a full (B, T, vocab) log-softmax is most of the cost for a 49k vocabulary)
+        keep = length - width + 1
         with ctx:
             logits = model.model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
-                                 use_cache=False).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(logits.device))[..., 0].cpu()
+                                 use_cache=False, logits_to_keep=keep).logits[:, -keep:].float()
+        target = ids[:, width:].to(logits.device)
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, target[..., None])[..., 0].cpu()
         for i, r in enumerate(batch):
-            start, end = width, len(r)
-            if end > start:
-                out[b + i] = logp[i, start - 1:end - 1].mean().item()
+            n = len(r) - width
+            if n > 0:
+                out[b + i] = logp[i, :n].mean().item()
     return out
 
 

@@ -37,6 +37,11 @@ class ModelConfig:
     """Whether the model has a chat template (instruct model)."""
 
     def __post_init__(self):
+        # `model.hf_id=...` or `model.path=...` alone is enough: they imply their source
+        if self.source == "embedded" and self.hf_id:
+            self.source, self.name = "hub", self.hf_id
+        elif self.source == "embedded" and self.path:
+            self.source, self.name = "path", self.path
         _choice("model.source", self.source, ("embedded", "hub", "path"))
         _choice("model.device", self.device, ("auto", "cpu", "cuda"))
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
@@ -63,7 +68,9 @@ class SAEConfig:
         if self.d_in is not None and self.d_in <= 0:
             raise ConfigError(f"sae.d_in: must be positive, got {self.d_in}")
         if not self.path and not (self.release and self.sae_id):
-            raise ConfigError("sae: give either sae.path or both sae.release and sae.sae_id")
+            raise ConfigError("sae: give either sae.path or both sae.release and sae.sae_id (sae=registry)")
+        if self.path and (self.release or self.sae_id):
+            raise ConfigError("sae: sae.path and sae.release/sae.sae_id both set; use sae=registry for the registry")
 
 
 @dataclass
@@ -102,6 +109,9 @@ class SteerConfig:
     positions: str = "all"
     steer_special: bool = False
     n_prompts: int = 8
+    """Eval prompts used (split alternately into a dev half and a test half)."""
+    n_pairs: int = 16
+    """Eval pairs used for the teacher-forced contrast log-prob."""
     samples_per_prompt: int = 2
     max_new_tokens: int = 40
     temperature: float = 0.8

@@ -113,7 +113,7 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
     distinct = np.array([distinct_n(r) for r in replies])
 
     # teacher-forced contrast log-prob on eval pairs, steered the same way
-    pairs = persona.pairs[: cfg.n_prompts * 2]
+    pairs = persona.pairs[: cfg.n_pairs]
     lp_rows = [Row(m, c, i, k) for m in ("unsteered",) for c in (0.0,) for i in range(len(pairs)) for k in (0, 1)]
     lp_rows += [Row(m, c, i, k) for m in STEERED for c in coefs for i in range(len(pairs)) for k in (0, 1)]
     tf, starts = teacher_forced_rows(model, [pairs[r.prompt].prompt for r in lp_rows],
