@@ -63,6 +63,9 @@ class SAEConfig:
     d_in: int | None = None
     """Expected input width; checked against the model on load."""
     neuronpedia_id: str | None = None
+    """Neuronpedia id (e.g. gemma-2-2b/12-gemmascope-res-16k); registry SAEs bring their own."""
+    for_models: list[str] = field(default_factory=list)
+    """Model configs this SAE was trained for (checked offline against sae-lens's registry)."""
 
     def __post_init__(self):
         if self.d_in is not None and self.d_in <= 0:

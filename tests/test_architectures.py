@@ -1,0 +1,71 @@
+"""The exact code path a GPU user hits, per architecture, on tiny random models saved locally:
+load through from_pretrained, SAE at the same hook name style as the public SAEs, find, steer."""
+
+import pytest
+import torch
+
+from psm_repro.config import FinderConfig, ModelConfig, SAEConfig
+from psm_repro.finder import find_features
+from psm_repro.loading import load_model, load_sae
+from psm_repro.personas import load_persona
+from psm_repro.steering import Intervention, generate, steer
+from conftest import build_tokenizer, save_tiny_sae, write_persona
+
+
+def _config(arch: str, vocab: int, tok):
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id)
+    if arch == "gemma2":  # Gemma Scope hook: blocks.L.hook_resid_post
+        return tf.Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                               num_key_value_heads=2, head_dim=16, **common), tf.Gemma2ForCausalLM, "blocks.1.hook_resid_post"
+    if arch == "gemma3":  # Gemma Scope 2
+        return tf.Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                                   num_key_value_heads=2, head_dim=16, **common), tf.Gemma3ForCausalLM, "blocks.1.hook_resid_post"
+    if arch == "gpt2":  # gpt2-small-res-jb hook: blocks.L.hook_resid_pre
+        return tf.GPT2Config(n_embd=64, n_layer=3, n_head=4, **common), tf.GPT2LMHeadModel, "blocks.1.hook_resid_pre"
+    return (tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                           num_key_value_heads=2, **common), tf.LlamaForCausalLM, "blocks.1.hook_resid_post")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3", "gpt2"])
+def test_find_and_steer_on_a_tiny_model_of_each_architecture(arch, tmp_path):
+    tok = build_tokenizer(tmp_path / "model")
+    config, cls, hook = _config(arch, len(tok), tok)
+    torch.manual_seed(0)
+    cls(config).save_pretrained(tmp_path / "model")
+    model = load_model(ModelConfig(name=arch, path=str(tmp_path / "model"), device="cpu"))
+    assert model.n_layers == 3
+
+    ids, attn = model.pad_batch([[1, 5, 6, 7]])
+    with torch.inference_mode():
+        hs = model.model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
+    layer = int(hook.split(".")[1])
+    want = hs[layer] if hook.endswith("resid_pre") else hs[layer + 1]
+    torch.testing.assert_close(model.activations(ids, attn, hook), want)
+
+    sae = load_sae(SAEConfig(name="tiny", path=str(save_tiny_sae(tmp_path / "sae", 64, 128, hook))), model)
+    persona = load_persona(write_persona(tmp_path, n=8))
+    found = find_features(model, sae, persona, FinderConfig(n_permutations=200, min_active_items=1), seed=0)
+    assert found.rows and found.rows[0]["rank"] == 1
+
+    prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": "the secret ?"}],
+                                                 add_generation_prompt=True, tokenize=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    plain, _ = generate(model, [prompt], 5, 0.0, 0)
+    iv = Intervention(mode="add", feature=found.rows[0]["feature"], scale=50.0)
+    with steer(model, sae, [iv], torch.tensor([1.0])):
+        steered, _ = generate(model, [prompt], 5, 0.0, 0)
+    assert steered != plain
+
+
+def test_an_sae_for_another_width_is_refused_naming_both(tmp_path, tiny_model):
+    from psm_repro.loading import LoadError
+
+    path = save_tiny_sae(tmp_path / "sae", 32, 64, "blocks.1.hook_resid_post")
+    with pytest.raises(LoadError, match="d_in=32 but model tiny has width 64"):
+        load_sae(SAEConfig(name="wide", path=str(path)), tiny_model)
+    path = save_tiny_sae(tmp_path / "sae2", 64, 64, "blocks.7.hook_resid_post")
+    with pytest.raises(LoadError, match="blocks.7.hook_resid_post"):
+        load_sae(SAEConfig(name="deep", path=str(path)), tiny_model)
