@@ -111,11 +111,11 @@ class SteerConfig:
     """Multiples of the latent's max activation on the search set."""
     positions: str = "all"
     steer_special: bool = False
-    n_prompts: int = 8
+    n_prompts: int = 16
     """Eval prompts used (split alternately into a dev half and a test half)."""
     n_pairs: int = 16
     """Eval pairs used for the teacher-forced contrast log-prob."""
-    samples_per_prompt: int = 2
+    samples_per_prompt: int = 1
     max_new_tokens: int = 40
     temperature: float = 0.8
     n_bootstrap: int = 1000

@@ -44,6 +44,7 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
 
     # 1. which latents fire on both the narrative and the assistant trait sets?
     found = find_features(model, sae, persona, cfg.finder, cfg.seed, _neuronpedia_id(cfg, sae))
+    logger.info("finder: %.1f s since start", time.time() - start)
     write_csv(out_dir / "features.csv", found.rows, FEATURE_COLUMNS)
     summary = {"experiment": cfg.experiment_name, "persona": persona.name, "model": cfg.model.name,
                "sae": cfg.sae.name, "hook": sae.cfg.metadata.hook_name, "seed": cfg.seed, "finder": found.summary}

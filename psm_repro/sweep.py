@@ -12,6 +12,7 @@ Eval prompts are split in two: the coefficient is chosen on the dev half, report
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,12 @@ class Row:
     coefficient: float
     prompt: int
     sample: int
+
+
+def _lap(stage: str, n: int, start: float) -> float:
+    now = time.perf_counter()
+    logger.info("%s: %d rows in %.1f s", stage, n, now - start)
+    return now
 
 
 def matched_random_latent(found: FinderResult, sae, feature: int, seed: int, exclude: set[int]) -> int:
@@ -97,6 +104,7 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
             msgs = [{"role": "system", "content": system}] + msgs
         return encode_prompt(model.tokenizer, msgs)
 
+    clock = time.perf_counter()
     replies: list[list[int]] = []
     for b in tqdm(range(0, len(rows), GENERATION_BATCH), desc="steered generation"):
         chunk = rows[b:b + GENERATION_BATCH]
@@ -106,11 +114,14 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
             out, _ = generate(model, ids, cfg.max_new_tokens, cfg.temperature, seed + b)
         replies += out
     texts = [model.tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
+    clock = _lap("generation", len(rows), clock)
 
     judge = EmbeddingJudge.fit(persona.judge.trait_examples, persona.judge.neutral_examples, seed)
     trait = judge.score(texts) if cfg.judge == "embedding" else _llm_scores(persona, prompts, rows, texts, cfg)
+    clock = _lap("judge", len(rows), clock)
     ppl = perplexities(model, [prompts[r.prompt] for r in rows], texts)
     distinct = np.array([distinct_n(r) for r in replies])
+    clock = _lap("perplexity", len(rows), clock)
 
     # teacher-forced contrast log-prob on eval pairs, steered the same way
     pairs = persona.pairs[: cfg.n_pairs]
@@ -121,6 +132,7 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
                                       for r in lp_rows])
     lp = reply_logprobs(model, tf, starts, batch_size=32,
                         steer_ctx=lambda sl, width: _steer_ctx(model, sae, ivs, lp_rows[sl], cfg, width))
+    clock = _lap("contrast log-prob", len(lp_rows), clock)
     lp_rows_arr = np.array([(r.method, r.coefficient, r.prompt, r.sample) for r in lp_rows], dtype=object)
 
     n_prompts = len(prompts)
