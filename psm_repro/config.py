@@ -107,7 +107,7 @@ class SteerConfig:
     mode: str = "add"
     feature: int | None = None
     """Latent to steer; None takes the finder's top latent."""
-    coefficients: list[float] = field(default_factory=lambda: [0.0, 2.0, 4.0, 8.0])
+    coefficients: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0])
     """Multiples of the latent's max activation on the search set."""
     positions: str = "all"
     steer_special: bool = False

@@ -86,7 +86,7 @@ def plot_dose_response(table: list[dict], path: Path, title: str) -> None:
     from psm_repro.outputs import write_bytes
 
     rows = [r for r in table if r["split"] == "test"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for method in sorted({r["method"] for r in rows}):
         pts = sorted([r for r in rows if r["method"] == method], key=lambda r: r["coefficient"])
         if method in ("unsteered", "system_prompt"):
@@ -95,15 +95,22 @@ def plot_dose_response(table: list[dict], path: Path, title: str) -> None:
                             method == "unsteered" else "black", label=method)
             axes[1].axhline(r["coherence"], ls="--" if method == "unsteered" else ":", color="grey" if
                             method == "unsteered" else "black", label=method)
+            axes[2].scatter([r["coherence"]], [r["trait_score"]], marker="s" if method == "unsteered" else "*",
+                            color="grey" if method == "unsteered" else "black", label=method, zorder=3)
             continue
         x = [r["coefficient"] for r in pts]
         y = [r["trait_score"] for r in pts]
         err = [[r["trait_score"] - r["trait_ci_low"] for r in pts], [r["trait_ci_high"] - r["trait_score"] for r in pts]]
         axes[0].errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
         axes[1].plot(x, [r["coherence"] for r in pts], marker="o", label=method)
+        axes[2].plot([r["coherence"] for r in pts], y, marker="o", label=method)
+        for r in pts:
+            axes[2].annotate(f"{r['coefficient']:g}", (r["coherence"], r["trait_score"]), fontsize=7)
     axes[0].set(xlabel="coefficient (x max activation)", ylabel="judge P(trait)", title=f"{title}: trait score")
     axes[1].set(xlabel="coefficient (x max activation)", ylabel="mean log-prob under unsteered model",
                 title="coherence")
+    axes[2].set(xlabel="coherence (mean log-prob)", ylabel="judge P(trait)",
+                title="trade-off (labels: coefficient)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -159,7 +159,8 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
             ppl_m = float(np.nanmean(ppl[m]))
             dist_m = float(np.nanmean(distinct[m]))
             iv = ivs.get(method)
-            norm = float(steering_vector(sae, iv).norm()) * abs(c) if iv is not None and iv.mode == "add" else 0.0
+            # add: the injected vector; clamp: the latent's decoder contribution at its target value
+            norm = float(steering_vector(sae, iv).norm()) * abs(c) if iv is not None and iv.mode != "ablate" else 0.0
             table.append({
                 "method": method, "feature": {"sae_latent": feature, "random_latent": random_feature}.get(method, ""),
                 "coefficient": c, "split": split, "trait_score": mean, "trait_ci_low": lo, "trait_ci_high": hi,
