@@ -20,8 +20,13 @@ commands:
   train-sae  re-create the embedded model's SAE from scratch
   bench      speed against plain HF and the machine's limit (writes results/bench/)
 
+options:
+  -m, --multirun  Hydra multirun: comma-separated overrides sweep, one run directory each
+                  (hydra/launcher=joblib for one machine, a submitit_slurm config for a cluster)
+
 examples:
   python -m psm_repro run experiment=steer_secrecy
+  python -m psm_repro -m run experiment=steer_secrecy,steer_panic
   python -m psm_repro find persona=panic hydra.run.dir=runs/panic
   python -m psm_repro steer persona=sarcasm steer.prompt="How do I boil an egg?"
 """
@@ -51,6 +56,8 @@ def compose(command: str, overrides: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    argv = [a for a in argv if a not in ("-m", "--multirun")]
     if not argv or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"psm_repro: unknown command '{argv[0]}'", file=sys.stderr)
@@ -74,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 write_text(PROJECT_ROOT / "README.md", readme)
             print(f"wrote {out}")
             return 0
-        cfg, run_dir = compose(command, overrides)
+        if multirun:  # Hydra's sweeper expands and validates comma-separated overrides itself
+            return _multirun(command, overrides)
+        cfg, run_dir = compose(command, overrides)  # validates every override before anything runs
         return _dispatch(command, cfg, run_dir)
     except Exception as err:  # one line for the user; the traceback only with PSM_REPRO_DEBUG=1
         import os
@@ -83,6 +92,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"psm_repro {command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+
+
+def _multirun(command: str, overrides: list[str]) -> int:
+    """Hand the sweep to Hydra's own multirun machinery (sweeper + launcher plugins)."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from psm_repro.config import register_configs
+
+    register_configs()
+
+    @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+    def task(cfg) -> None:
+        _dispatch(command, OmegaConf.to_object(cfg), Path(HydraConfig.get().runtime.output_dir))
+
+    saved = sys.argv
+    sys.argv = [saved[0], "--multirun", *overrides, f"command={command}"]
+    try:
+        task()
+    finally:
+        sys.argv = saved
+    return 0
 
 
 def _one_line(err: Exception) -> str:

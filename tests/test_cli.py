@@ -111,3 +111,13 @@ def test_bench_runs_on_the_tiny_model(tiny_overrides, tmp_path, capsys):
     md = (out / "bench.md").read_text()
     assert "scan ratio vs bare HF" in md and "steered / HF generate" in md
     assert json.loads((out / "bench.json").read_text())["ratios"]["batched_sweep_speedup"] > 0
+
+
+def test_multirun_sweeps_through_hydra_with_one_run_directory_each(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
+    a = write_persona(tmp_path, name="alpha", seed=1)
+    b = write_persona(tmp_path, name="beta", seed=2)
+    args = ["-m", "find", "model=hf_local", f"model.path={tiny_model_dir}", "sae=local", f"sae.path={tiny_sae_dir}",
+            "finder.n_permutations=200", f"persona_file={a},{b}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert main(args) == 0
+    cards = sorted((tmp_path / "sweep").glob("*/features.csv"))
+    assert len(cards) == 2
