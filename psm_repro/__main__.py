@@ -138,6 +138,12 @@ def _one_line(err: Exception) -> str:
 def _dispatch(command: str, cfg, run_dir: Path) -> int:
     from psm_repro import pipeline
 
+    if cfg.plan:
+        from psm_repro.plan import render_plan
+
+        print(render_plan(cfg, command))
+        return 0
+
     if command in ("run", "find"):
         summary = pipeline.run(cfg, run_dir, steer_too=(command == "run"))
         _print_short_table(summary, run_dir)

@@ -35,6 +35,8 @@ class ModelConfig:
     dtype: str = "float32"
     chat: bool = True
     """Whether the model has a chat template (instruct model)."""
+    params_b: float | None = None
+    """Parameter count in billions, for `plan=true` memory estimates (no download needed)."""
 
     def __post_init__(self):
         # `model.hf_id=...` or `model.path=...` alone is enough: they imply their source
@@ -188,6 +190,8 @@ class RunConfig:
     persona_file: str | None = None
     """Any persona file in the documented format; overrides `persona`."""
     experiment_name: str = "default"
+    plan: bool = False
+    """Print what the command would load and compute, then stop (nothing is loaded or downloaded)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     sae: SAEConfig = field(default_factory=lambda: SAEConfig(path="saes/smollm2_135m_l15_topk"))
     finder: FinderConfig = field(default_factory=FinderConfig)

@@ -121,3 +121,12 @@ def test_multirun_sweeps_through_hydra_with_one_run_directory_each(tiny_model_di
     assert main(args) == 0
     cards = sorted((tmp_path / "sweep").glob("*/features.csv"))
     assert len(cards) == 2
+
+
+def test_plan_prints_what_would_run_without_loading_anything(capsys):
+    # a registry SAE and a hub model: nothing may be downloaded (tests are offline), so this only works
+    # if plan=true really loads nothing
+    assert main(["run", "experiment=steer_panic", "model=gemma2_2b_it", "sae=gemmascope_2b_res_l12_16k",
+                 "plan=true"]) == 0
+    out = capsys.readouterr().out
+    assert "google/gemma-2-2b-it" in out and "layer 12" in out and "generated tokens" in out
