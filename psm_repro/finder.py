@@ -32,6 +32,7 @@ from psm_repro import stats
 logger = logging.getLogger(__name__)
 
 SETS = ("narrative", "narrative_neutral", "assistant", "assistant_neutral")
+REPLICATE_TOP = 50  # a latent "replicates" when it ranks in the top 50 on both halves of the pairs
 FEATURE_COLUMNS = ["rank", "feature", "score", "narrative_effect", "assistant_effect", "narrative_p", "assistant_p",
                    "q_value", "significant", "replicates", "max_activation", "frequency", "top_tokens",
                    "top_snippets", "neuronpedia_url"]
@@ -183,52 +184,10 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
     max_act = all_lat.max(0).values
     freq = (all_lat > 0).float().mean(0)
 
-    # stability: two random halves of the pairs, ranked separately
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(persona.narrative))
-    perm_a = rng.permutation(len(persona.assistant))
-    halves = []
-    for h in range(2):
-        sl_n = perm[h::2]
-        sl_a = perm_a[h::2]
-        sub = {"narrative": _subset(acts["narrative"], sl_n), "narrative_neutral": _subset(acts["narrative_neutral"], sl_n),
-               "assistant": _subset(acts["assistant"], sl_a), "assistant_neutral": _subset(acts["assistant_neutral"], sl_a)}
-        halves.append(rank_latents(sub, cfg, seed + 1 + h))
-    half_ranks = []
-    for h in halves:
-        r = torch.empty_like(h["score"], dtype=torch.long)
-        r[torch.argsort(h["score"], descending=True)] = torch.arange(len(r))
-        half_ranks.append(r)
-    top10 = [set(torch.argsort(h["score"], descending=True)[:10].tolist()) for h in halves]
-    replicate_cut = 50
-
-    # shuffled-label control: how high does the best shared score get by chance?
+    half_ranks, top10_overlap = _stability(acts, cfg, seed)
     gen = torch.Generator().manual_seed(seed + 99)
-    null_max = []
-    for _ in range(20):
-        nd = stats.random_sign_flip(full["n_diff"], gen)
-        ad = stats.random_sign_flip(full["a_diff"], gen)
-        s = torch.minimum(stats.paired_effect(nd), stats.paired_effect(ad))
-        null_max.append(float(s[full["active"]].max()) if n_tested else float("nan"))
-
-    # reuse rate: of latents significant in assistant chats, the fraction also significant in narratives
-    alpha = cfg.fdr_alpha
-    tested = full["active"].numpy()
-    q_a = np.ones(len(tested))
-    q_n = np.ones(len(tested))
-    q_a[tested] = stats.benjamini_hochberg(full["assistant_p"].numpy()[tested])
-    q_n[tested] = stats.benjamini_hochberg(full["narrative_p"].numpy()[tested])
-    sig_a = (q_a < alpha) & tested
-    sig_n = (q_n < alpha) & tested
-    shuffled_n_p = torch.ones(len(tested))
-    shuffled_n_p[full["active"]] = stats.sign_flip_pvalues(
-        stats.random_sign_flip(full["n_diff"], gen)[:, full["active"]], cfg.n_permutations, gen)
-    q_ns = np.ones(len(tested))
-    q_ns[tested] = stats.benjamini_hochberg(shuffled_n_p.numpy()[tested])
-    sig_ns = (q_ns < alpha) & tested
-    reuse = float((sig_a & sig_n).sum() / sig_a.sum()) if sig_a.sum() else float("nan")
-    reuse_null = float((sig_a & sig_ns).sum() / sig_a.sum()) if sig_a.sum() else float("nan")
-
+    null_max = _shuffled_max_scores(full, gen, draws=20)
+    reuse, reuse_null, sig_a, sig_n = _reuse_rate(full, cfg, gen)
     dense = _dense_baseline(acts, seed)
     rows = []
     for rank, f in enumerate(order[: cfg.top_n].tolist(), start=1):
@@ -239,8 +198,8 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
             "rank": rank, "feature": f, "score": float(full["score"][f]),
             "narrative_effect": float(full["narrative_effect"][f]), "assistant_effect": float(full["assistant_effect"][f]),
             "narrative_p": float(full["narrative_p"][f]), "assistant_p": float(full["assistant_p"][f]),
-            "q_value": float(full["q"][f]), "significant": bool(full["q"][f] < alpha),
-            "replicates": bool(half_ranks[0][f] < replicate_cut and half_ranks[1][f] < replicate_cut),
+            "q_value": float(full["q"][f]), "significant": bool(full["q"][f] < cfg.fdr_alpha),
+            "replicates": bool(half_ranks[0][f] < REPLICATE_TOP and half_ranks[1][f] < REPLICATE_TOP),
             "max_activation": float(max_act[f]), "frequency": float(freq[f]),
             "top_tokens": top_tokens, "top_snippets": top_snips,
             "neuronpedia_url": f"https://www.neuronpedia.org/{neuronpedia_id}/{f}" if neuronpedia_id else "",
@@ -259,13 +218,60 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
         "best_assistant_only": {"feature": best_a, "narrative_effect": float(full["narrative_effect"][best_a]),
                                 "assistant_effect": float(full["assistant_effect"][best_a])},
         "dense_baseline": {k: v for k, v in dense.items() if k != "direction"},
-        "stability_top10_overlap": len(top10[0] & top10[1]),
+        "stability_top10_overlap": top10_overlap,
         "replicating_in_top10": sum(r["replicates"] for r in rows[:10]),
         "reuse_rate": reuse, "reuse_rate_shuffled": reuse_null,
-        "assistant_significant": int(sig_a.sum()), "narrative_significant": int(sig_n.sum()),
+        "assistant_significant": sig_a, "narrative_significant": sig_n,
         "n_pairs": {"narrative": len(persona.narrative), "assistant": len(persona.assistant)},
     }
     return FinderResult(rows, summary, max_act, freq, dense["direction"], resid_norm)
+
+
+def _stability(acts: dict[str, ItemActs], cfg: FinderConfig, seed: int) -> tuple[list[torch.Tensor], int]:
+    """Rank latents separately on two random halves of the pairs; (rank of each latent per half, top-10 overlap)."""
+    rng = np.random.default_rng(seed)
+    perms = {k: rng.permutation(acts[k].latents_NF.shape[0]) for k in ("narrative", "assistant")}
+    ranks, tops = [], []
+    for h in range(2):
+        sub = {s: _subset(acts[s], perms[s.removesuffix("_neutral")][h::2]) for s in SETS}
+        score = rank_latents(sub, cfg, seed + 1 + h)["score"]
+        order = torch.argsort(score, descending=True)
+        r = torch.empty_like(order)
+        r[order] = torch.arange(len(order))
+        ranks.append(r)
+        tops.append(set(order[:10].tolist()))
+    return ranks, len(tops[0] & tops[1])
+
+
+def _shuffled_max_scores(full: dict, gen: torch.Generator, draws: int) -> list[float]:
+    """The best shared score over tested latents when each pair's labels are swapped at random."""
+    out = []
+    for _ in range(draws):
+        s = torch.minimum(stats.paired_effect(stats.random_sign_flip(full["n_diff"], gen)),
+                          stats.paired_effect(stats.random_sign_flip(full["a_diff"], gen)))
+        out.append(float(s[full["active"]].max()) if full["active"].any() else float("nan"))
+    return out
+
+
+def _reuse_rate(full: dict, cfg: FinderConfig, gen: torch.Generator) -> tuple[float, float, int, int]:
+    """Of latents significant on assistant chats, the fraction also significant on narratives,
+    and the same fraction with the narrative labels shuffled (what chance alone gives)."""
+    tested = full["active"]
+
+    def significant(p: torch.Tensor) -> np.ndarray:
+        q = np.ones(len(tested))
+        q[tested.numpy()] = stats.benjamini_hochberg(p.numpy()[tested.numpy()])
+        return (q < cfg.fdr_alpha) & tested.numpy()
+
+    sig_a, sig_n = significant(full["assistant_p"]), significant(full["narrative_p"])
+    shuffled_p = torch.ones(len(tested))
+    shuffled_p[tested] = stats.sign_flip_pvalues(stats.random_sign_flip(full["n_diff"], gen)[:, tested],
+                                                 cfg.n_permutations, gen)
+    sig_shuffled = significant(shuffled_p)
+    n_a = int(sig_a.sum())
+    if not n_a:
+        return float("nan"), float("nan"), 0, int(sig_n.sum())
+    return float((sig_a & sig_n).sum() / n_a), float((sig_a & sig_shuffled).sum() / n_a), n_a, int(sig_n.sum())
 
 
 def _subset(a: ItemActs, idx: np.ndarray) -> ItemActs:
