@@ -178,10 +178,10 @@ def _cold_load_seconds() -> float:
 
 
 def _end_to_end(out_dir: Path) -> dict:
-    run_dir = out_dir / "end_to_end_run"
-    if run_dir.exists():
-        import shutil
-        shutil.rmtree(run_dir)
+    import tempfile
+
+    # a throwaway run directory: a result card under results/ would become a row in the tables
+    run_dir = Path(tempfile.mkdtemp(prefix="psm_repro_bench_")) / "run"
     cmd = [sys.executable, "-m", "psm_repro", "run", "experiment=steer_secrecy", f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True)
