@@ -67,8 +67,3 @@ def encode_text(tokenizer, text: str, prepend_bos: bool) -> Encoded:
     if prepend_bos and tokenizer.bos_token_id is not None:
         return Encoded([tokenizer.bos_token_id] + ids, [False] + [True] * len(ids))
     return Encoded(ids, [True] * len(ids))
-
-
-def encode_reply(tokenizer, prompt_messages: list[Message], reply: str) -> Encoded:
-    """A prompt plus a teacher-forced reply; the mask covers the reply tokens only."""
-    return encode_chat(tokenizer, prompt_messages + [{"role": "assistant", "content": reply}])

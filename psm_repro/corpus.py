@@ -10,7 +10,7 @@ that need only the package registry:
   assistant-turn distribution it is used on. Generation is slow on CPU (~120 tok/s), which is
   why it is the smaller part.
 
-Persona prompt sets are never used here (see `check_no_overlap`).
+Persona prompt sets are never an input here: the only sources are the sdist and template seed prompts.
 """
 
 from __future__ import annotations
@@ -163,12 +163,3 @@ def _strip_gutenberg(text: str) -> str:
 def chunk_tokens(ids: list[int], context_size: int) -> Iterator[list[int]]:
     for i in range(0, len(ids) - context_size + 1, context_size):
         yield ids[i:i + context_size]
-
-
-def check_no_overlap(corpus_texts: list[str], persona_texts: list[str], n: int = 8) -> int:
-    """Count persona items sharing an n-word shingle with the corpus (should be zero)."""
-    def shingles(text: str) -> set[str]:
-        words = re.findall(r"\w+", text.lower())
-        return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
-    corpus = set().union(*(shingles(t) for t in corpus_texts)) if corpus_texts else set()
-    return sum(1 for t in persona_texts if shingles(t) & corpus)
