@@ -152,6 +152,10 @@ class TrainSAEConfig:
     training_tokens: int = 2_500_000
     lr: float = 4e-4
     batch_size_tokens: int = 4096
+    dead_feature_window: int = 20
+    """Steps without firing after which a latent counts as dead and joins TopK's AuxK loss. sae-lens's
+    default (1000 steps) is longer than this whole run (~610 steps), so AuxK would never switch on."""
+    aux_loss_coefficient: float = 1.0
     generated_chats: int = 448
     generation_budget_s: float = 1e9
     """Stop generating early after this many seconds (the default never does, so re-runs match)."""

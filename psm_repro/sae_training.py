@@ -108,13 +108,15 @@ def train(model: HookedModel, cfg: TrainSAEConfig, seed: int, out_dir: Path, spl
     logger.info("training on %d of %d corpus tokens at %s", training_tokens, n_train_tokens, hook_name)
     proxy = HookedProxyLM(model.model, model.tokenizer, hook_names=[hook_name])
     runner_cfg = LanguageModelSAERunnerConfig(
-        sae=TopKTrainingSAEConfig(d_in=model.d_model, d_sae=cfg.d_sae, k=cfg.k, dtype="float32", device="cpu"),
+        sae=TopKTrainingSAEConfig(d_in=model.d_model, d_sae=cfg.d_sae, k=cfg.k, dtype="float32", device="cpu",
+                                  aux_loss_coefficient=cfg.aux_loss_coefficient),
         model_name=model.name, model_class_name="AutoModelForCausalLM", hook_name=hook_name,
         dataset_path="local", is_dataset_tokenized=True, streaming=False, context_size=cfg.context_size,
         prepend_bos=False, seqpos_slice=(1, None),  # position 0 is an attention sink with huge norm
         training_tokens=training_tokens, train_batch_size_tokens=cfg.batch_size_tokens,
         store_batch_size_prompts=16, n_batches_in_buffer=64, lr=cfg.lr, lr_warm_up_steps=50,
         lr_decay_steps=max(1, training_tokens // cfg.batch_size_tokens // 5),
+        dead_feature_window=cfg.dead_feature_window, feature_sampling_window=max(cfg.dead_feature_window, 100),
         device="cpu", seed=seed, n_checkpoints=0, checkpoint_path=None, output_path=None,
         logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=20, verbose=False,
     )
@@ -130,7 +132,8 @@ def train(model: HookedModel, cfg: TrainSAEConfig, seed: int, out_dir: Path, spl
         sae.save_inference_model(str(staged))
         _to_half(staged)
         report = {"layer": cfg.layer, "hook_name": hook_name, "architecture": "topk", "k": cfg.k,
-                  "d_sae": cfg.d_sae, "training_tokens": training_tokens, "train_seconds": round(train_seconds),
+                  "d_sae": cfg.d_sae, "dead_feature_window": cfg.dead_feature_window,
+                  "aux_loss_coefficient": cfg.aux_loss_coefficient, "training_tokens": training_tokens, "train_seconds": round(train_seconds),
                   "seed": seed, "corpus": split.provenance, "heldout_metrics": metrics}
         write_json(staged / "training_report.json", report)
         write_text(staged / "TRAINING_REPORT.md", render_report(report))
