@@ -148,9 +148,10 @@ def _dispatch(command: str, cfg, run_dir: Path) -> int:
         summary = pipeline.run(cfg, run_dir, steer_too=(command == "run"))
         _print_short_table(summary, run_dir)
     elif command == "steer":
-        plain, steered, feature = pipeline.steer_once(cfg)
+        plain, steered, feature, url = pipeline.steer_once(cfg)
         coef = max(cfg.steer.coefficients, key=abs)
-        print(f"prompt: {cfg.steer.prompt}\nlatent {feature}, mode {cfg.steer.mode}, coefficient {coef}\n")
+        print(f"prompt: {cfg.steer.prompt}\nlatent {feature}{f' ({url})' if url else ''}, mode {cfg.steer.mode}, "
+              f"coefficient {coef}\n")
         _side_by_side("unsteered", plain, f"steered (x{coef})", steered)
     elif command == "bench":
         from psm_repro.bench import run_bench

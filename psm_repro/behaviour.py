@@ -18,6 +18,7 @@ import torch
 
 from psm_repro.chat import encode_prompt
 from psm_repro.hooked import HookedModel
+from psm_repro.memory import rows_that_fit
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def reply_logprobs(model: HookedModel, rows: list[list[int]], starts: list[int],
 
     out = np.zeros(len(rows))
     width = max(starts)
+    batch_size = rows_that_fit(model, width + max(len(r) - s for r, s in zip(rows, starts)), batch_size)
     for b in range(0, len(rows), batch_size):
         sl = slice(b, b + batch_size)
         batch = [[None] * (width - s) + r for r, s in zip(rows[sl], starts[sl])]

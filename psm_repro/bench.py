@@ -39,6 +39,8 @@ def _timed(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]
         for name, fn in fns.items():
             start = time.perf_counter()
             units = fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # CUDA kernels run asynchronously: time them to completion
             rates[name].append(units / (time.perf_counter() - start))
     return {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in rates.items()}
 
@@ -49,10 +51,11 @@ def _texts(model: HookedModel, n: int, length: int, seed: int) -> list[Encoded]:
     return [Encoded(torch.randint(100, vocab, (length,), generator=g).tolist(), [True] * length) for _ in range(n)]
 
 
-def matmul_flops(repeats: int) -> float:
-    """Measured fp32 matmul FLOP/s of this machine (1024^3 GEMM)."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    res = _timed({"mm": lambda: (torch.mm(a, b), 2 * 1024 ** 3)[1]}, repeats)
+def matmul_flops(repeats: int, device: torch.device = torch.device("cpu"), dtype=torch.float32) -> float:
+    """Measured matmul FLOP/s of the device in the model's dtype (1024^3 GEMM on CPU, 8192^3 on a GPU)."""
+    n = 1024 if device.type == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    res = _timed({"mm": lambda: (torch.mm(a, b), 2 * n ** 3)[1]}, repeats)
     return res["mm"]["median"]
 
 
@@ -131,11 +134,13 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
         return 1
 
     sweep = _timed({"batched": batched, "sequential": sequential}, b.repeats)
-    ceiling = matmul_flops(b.repeats)
+    ceiling = matmul_flops(b.repeats, model.device, next(model.model.parameters()).dtype)
     fpt = forward_flops_per_token(model, layer, sae)
     result = {
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, "
-                   f"torch {torch.__version__}, device {model.device}",
+                   f"torch {torch.__version__}, device {model.device}"
+                   + (f" ({torch.cuda.get_device_name(model.device)})" if model.device.type == "cuda" else "")
+                   + f", {cfg.model.dtype}",
         "model": cfg.model.name, "sae": cfg.sae.name, "hook": hook, "repeats": b.repeats,
         "scan_tokens_per_s": scan, "generation_tokens_per_s": gen, "sweep_runs_per_s": sweep,
         "load_s": load,
@@ -270,7 +275,7 @@ def render(r: dict) -> str:
              *_load_rows(r["load_s"])]
     if "cold_load_s" in r:
         lines.append(f"| cold load: GGUF dequantize + cache (s) | {r['cold_load_s']:.1f} | | |")
-    lines += [f"| matmul ceiling (GFLOP/s) | {r['matmul_flops_per_s'] / 1e9:.0f} | | |",
+    lines += [f"| matmul ceiling in the model's dtype (GFLOP/s) | {r['matmul_flops_per_s'] / 1e9:.0f} | | |",
               f"| FLOPs per scanned token (to the SAE layer + encode) | {r['scan_flops_per_token'] / 1e6:.0f} M | | |",
               f"| scan as a fraction of the ceiling | {r['scan_fraction_of_ceiling']:.0%} | | |"]
     if "end_to_end" in r:

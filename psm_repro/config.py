@@ -37,6 +37,8 @@ class ModelConfig:
     """Whether the model has a chat template (instruct model)."""
     params_b: float | None = None
     """Parameter count in billions, for `plan=true` memory estimates (no download needed)."""
+    n_devices: int = 1
+    """GPUs to split the model across (accelerate `device_map="auto"` over the first n); 1 keeps it whole."""
 
     def __post_init__(self):
         # `model.hf_id=...` or `model.path=...` alone is enough: they imply their source
@@ -47,6 +49,10 @@ class ModelConfig:
         _choice("model.source", self.source, ("embedded", "hub", "path"))
         _choice("model.device", self.device, ("auto", "cpu", "cuda"))
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        if self.n_devices < 1:
+            raise ConfigError(f"model.n_devices: must be >= 1, got {self.n_devices}")
+        if self.n_devices > 1 and self.device == "cpu":
+            raise ConfigError("model.n_devices: splitting across devices needs model.device=cuda (or auto)")
         if self.source == "hub" and not self.hf_id:
             raise ConfigError("model.hf_id: required when model.source=hub")
         if self.source == "path" and not self.path:
@@ -68,8 +74,12 @@ class SAEConfig:
     """Neuronpedia id (e.g. gemma-2-2b/12-gemmascope-res-16k); registry SAEs bring their own."""
     for_models: list[str] = field(default_factory=list)
     """Model configs this SAE was trained for (checked offline against sae-lens's registry)."""
+    dtype: str = "auto"
+    """auto: float32 unless the SAE's float32 weights exceed 1 GiB, then the model's dtype. JumpReLU
+    thresholds and TopK ties are sensitive to bf16 rounding, and an fp32 SAE costs little beside the model."""
 
     def __post_init__(self):
+        _choice("sae.dtype", self.dtype, ("auto", "float32", "bfloat16"))
         if self.d_in is not None and self.d_in <= 0:
             raise ConfigError(f"sae.d_in: must be positive, got {self.d_in}")
         if not self.path and not (self.release and self.sae_id):

@@ -26,6 +26,7 @@ from psm_repro.chat import Encoded, encode_chat, encode_text
 from psm_repro.config import FinderConfig
 from psm_repro.hooked import HookedModel
 from psm_repro.loading import sae_hook_name, sae_prepend_bos
+from psm_repro.memory import rows_that_fit
 from psm_repro.personas import Persona
 from psm_repro import stats
 
@@ -75,6 +76,7 @@ def item_activations(model: HookedModel, sae, items: list[Encoded], aggregation:
     """Aggregate SAE latents over each item's measured tokens (batched, right-padded)."""
     hook = sae_hook_name(sae)
     lat, arg, res = [], [], []
+    batch_size = rows_that_fit(model, max(len(e.ids) for e in items), batch_size, logits=False)
     for start in tqdm(range(0, len(items), batch_size), desc=desc, leave=False):
         batch = items[start:start + batch_size]
         ids, attn = model.pad_batch([e.ids for e in batch])

@@ -57,7 +57,13 @@ class HookedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the embedding's device (the first GPU when the model is split across several)."""
+        return self.model.get_input_embeddings().weight.device
+
+    def hook_device(self, hook_name: str) -> torch.device:
+        """Device of the module behind `hook_name` (differs from `device` when the model is split)."""
+        module, _, _ = self.resolve(hook_name)
+        return next(module.parameters(), self.model.get_input_embeddings().weight).device
 
     @property
     def d_model(self) -> int:

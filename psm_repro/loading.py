@@ -49,7 +49,15 @@ def load_model(cfg: ModelConfig) -> HookedModel:
             raise LoadError(f"model.path: {cfg.path} is not a directory")
     device = pick_device(cfg.device)
     tokenizer = AutoTokenizer.from_pretrained(where)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[cfg.dtype]).to(device)
+    if cfg.n_devices > 1:
+        if device.type != "cuda" or torch.cuda.device_count() < cfg.n_devices:
+            raise LoadError(f"model.n_devices={cfg.n_devices}: only {torch.cuda.device_count()} CUDA devices here")
+        # accelerate places whole decoder layers, filling GPU 0 first, within each card's free memory
+        max_memory = {i: torch.cuda.mem_get_info(i)[0] for i in range(cfg.n_devices)}
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[cfg.dtype], device_map="auto",
+                                                     max_memory=max_memory)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[cfg.dtype]).to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return HookedModel(model, tokenizer, name=cfg.name)
@@ -73,10 +81,19 @@ def load_sae(cfg: SAEConfig, model: HookedModel):
         raise LoadError(f"sae.d_in={cfg.d_in} but SAE {cfg.name} on disk has d_in={sae.cfg.d_in}")
     if not model.has_hook(hook_name):
         raise LoadError(f"SAE {cfg.name} reads hook {hook_name!r}, which model {model.name} does not have")
+    # the SAE sits with the layer it reads (another GPU when the model is split)
+    sae = sae.to(device=model.hook_device(hook_name), dtype=_sae_dtype(cfg, sae, model))
     sae.eval()
     for p in sae.parameters():
         p.requires_grad_(False)
     return sae
+
+
+def _sae_dtype(cfg: SAEConfig, sae, model: HookedModel) -> torch.dtype:
+    if cfg.dtype != "auto":
+        return DTYPES[cfg.dtype]
+    fp32_bytes = 4 * sum(p.numel() for p in sae.parameters())
+    return torch.float32 if fp32_bytes <= 2 ** 30 else next(model.model.parameters()).dtype
 
 
 def sae_hook_name(sae) -> str:

@@ -71,8 +71,11 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
     return summary
 
 
-def steer_once(cfg: RunConfig) -> tuple[str, str, int]:
-    """One prompt, unsteered vs steered (same seed), for a quick look: returns both replies and the latent."""
+def steer_once(cfg: RunConfig) -> tuple[str, str, int, str]:
+    """One prompt, unsteered vs steered (same seed), for a quick look.
+
+    Returns both replies, the latent and its Neuronpedia page ("" when the SAE has no Neuronpedia id).
+    """
     model = load_model(cfg.model)
     sae = load_sae(cfg.sae, model)
     feature = cfg.steer.feature
@@ -91,7 +94,8 @@ def steer_once(cfg: RunConfig) -> tuple[str, str, int]:
         steered, _ = generate(model, ids, cfg.steer.max_new_tokens, cfg.steer.temperature, cfg.seed)
     out = [plain[0], steered[0]]
     texts = [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
-    return texts[0], texts[1], feature
+    np_id = _neuronpedia_id(cfg, sae)
+    return texts[0], texts[1], feature, f"https://www.neuronpedia.org/{np_id}/{feature}" if np_id else ""
 
 
 def train_sae(cfg: RunConfig) -> dict:

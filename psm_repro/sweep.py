@@ -26,6 +26,7 @@ from psm_repro.chat import encode_prompt
 from psm_repro.config import SteerConfig
 from psm_repro.finder import FinderResult
 from psm_repro.hooked import HookedModel
+from psm_repro.memory import rows_that_fit
 from psm_repro.personas import Persona
 from psm_repro.steering import Intervention, generate, steer, steering_vector
 
@@ -106,8 +107,10 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
 
     clock = time.perf_counter()
     replies: list[list[int]] = []
-    for b in tqdm(range(0, len(rows), GENERATION_BATCH), desc="steered generation"):
-        chunk = rows[b:b + GENERATION_BATCH]
+    longest = max(len(prompt_ids(r)) for r in rows) + cfg.max_new_tokens
+    batch = rows_that_fit(model, longest, GENERATION_BATCH)
+    for b in tqdm(range(0, len(rows), batch), desc="steered generation"):
+        chunk = rows[b:b + batch]
         ids = [prompt_ids(r) for r in chunk]
         width = max(len(x) for x in ids)
         with _steer_ctx(model, sae, ivs, chunk, cfg, width):

@@ -91,6 +91,13 @@ def test_steer_prints_both_replies_side_by_side(tiny_overrides, capsys):
     assert main(["steer", *tiny_overrides, "steer.max_new_tokens=5", "steer.prompt=the secret ?"]) == 0
     out = capsys.readouterr().out
     assert "unsteered" in out and "steered (x" in out
+    assert "neuronpedia" not in out  # the tiny SAE has no Neuronpedia id
+
+
+def test_steer_prints_the_neuronpedia_link_when_the_sae_has_one(tiny_overrides, capsys):
+    args = ["steer", *tiny_overrides, "steer.max_new_tokens=3", "steer.feature=7", "sae.neuronpedia_id=tiny/2-res"]
+    assert main(args) == 0
+    assert "latent 7 (https://www.neuronpedia.org/tiny/2-res/7)" in capsys.readouterr().out
 
 
 def test_tables_regenerates_results_readme_byte_for_byte(capsys):

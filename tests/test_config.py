@@ -31,6 +31,8 @@ def test_default_config_is_the_embedded_model_and_committed_sae():
     ("steer.mode=multiply", "steer.mode"),
     ("steer.max_new_tokens=ten", "max_new_tokens"),
     ("model.dtype=float8", "model.dtype"),
+    ("model.n_devices=0", "model.n_devices"),
+    ("sae.dtype=int8", "sae.dtype"),
 ])
 def test_bad_overrides_fail_naming_the_key(override, message):
     with pytest.raises(Exception) as err:
