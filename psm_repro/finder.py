@@ -84,18 +84,15 @@ def item_activations(model: HookedModel, sae, items: list[Encoded], aggregation:
         for i, e in enumerate(batch):
             mask_BT[i, : len(e.mask)] = torch.tensor(e.mask)
         acts_BTD = model.activations(ids, attn, hook).float()
-        feats_BTF = sae.encode(acts_BTD.to(sae.dtype)).float().cpu()
-        m = mask_BT[..., None]
-        masked = feats_BTF.masked_fill(~m, float("-inf"))
-        mx, am = masked.max(1)
-        if aggregation == "max":
-            agg = mx
-        else:
-            agg = (feats_BTF * m).sum(1) / m.sum(1).clamp(min=1)
-        lat.append(agg)
-        arg.append(am)
-        acts = acts_BTD.cpu()
-        res.append((acts * m).sum(1) / m.sum(1).clamp(min=1))
+        feats_BTF = sae.encode(acts_BTD.to(sae.dtype)).float()
+        # reduce over tokens where the activations are (GPU): only (B, F) results travel to the CPU
+        m = mask_BT.to(feats_BTF.device)[..., None]
+        n_B1 = m.sum(1).clamp(min=1)
+        mx, am = feats_BTF.masked_fill(~m, float("-inf")).max(1)
+        agg = mx if aggregation == "max" else (feats_BTF * m).sum(1) / n_B1
+        lat.append(agg.cpu())
+        arg.append(am.cpu())
+        res.append(((acts_BTD * m).sum(1) / n_B1).cpu())
     return ItemActs(torch.cat(lat), torch.cat(arg), torch.cat(res), [e.ids for e in items])
 
 
