@@ -23,7 +23,7 @@ from psm_repro.chat import Encoded, encode_prompt
 from psm_repro.config import BenchConfig, RunConfig
 from psm_repro.finder import item_activations
 from psm_repro.hooked import HookedModel
-from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, sae_hook_name
+from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, sae_encode, sae_hook_name
 from psm_repro.outputs import write_json, write_text
 from psm_repro.steering import Intervention, generate, steer
 
@@ -88,7 +88,7 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
             for i in range(0, b.n_texts, b.scan_batch):
                 ids = torch.tensor([t.ids for t in texts[i:i + b.scan_batch]])
                 h = inner(input_ids=ids.to(model.device)).last_hidden_state  # note: final norm applied
-                sae.encode(h.to(sae.dtype)).amax(1)
+                sae_encode(sae, h).amax(1)
         finally:
             inner.layers = full
         return n_tok
@@ -98,7 +98,7 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
         for i in range(0, b.n_texts, b.scan_batch):
             ids = torch.tensor([t.ids for t in texts[i:i + b.scan_batch]])
             hs = model.model(input_ids=ids.to(model.device), output_hidden_states=True).hidden_states
-            sae.encode(hs[layer + 1].to(sae.dtype)).amax(1)
+            sae_encode(sae, hs[layer + 1]).amax(1)
         return n_tok
 
     scan = _timed({"psm_repro": ours, "bare_hf": bare_hf, "naive_full_cache": naive}, b.repeats)

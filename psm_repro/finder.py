@@ -25,7 +25,7 @@ from tqdm import tqdm
 from psm_repro.chat import Encoded, encode_chat, encode_text
 from psm_repro.config import FinderConfig
 from psm_repro.hooked import HookedModel
-from psm_repro.loading import sae_hook_name, sae_prepend_bos
+from psm_repro.loading import sae_encode, sae_hook_name, sae_prepend_bos
 from psm_repro.memory import rows_that_fit
 from psm_repro.personas import Persona
 from psm_repro import stats
@@ -84,7 +84,7 @@ def item_activations(model: HookedModel, sae, items: list[Encoded], aggregation:
         for i, e in enumerate(batch):
             mask_BT[i, : len(e.mask)] = torch.tensor(e.mask)
         acts_BTD = model.activations(ids, attn, hook).float()
-        feats_BTF = sae.encode(acts_BTD.to(sae.dtype)).float()
+        feats_BTF = sae_encode(sae, acts_BTD).float()
         # reduce over tokens where the activations are (GPU): only (B, F) results travel to the CPU
         m = mask_BT.to(feats_BTF.device)[..., None]
         n_B1 = m.sum(1).clamp(min=1)

@@ -96,6 +96,29 @@ def _sae_dtype(cfg: SAEConfig, sae, model: HookedModel) -> torch.dtype:
     return torch.float32 if fp32_bytes <= 2 ** 30 else next(model.model.parameters()).dtype
 
 
+def sae_centers_input(sae) -> bool:
+    """True for SAEs trained on a HookedTransformer loaded with `center_writing_weights` (gpt2-small-res-jb).
+
+    Such a model writes only zero-mean vectors into the residual stream, so its residual equals the HF
+    model's residual minus its mean over d_model (LayerNorm removes that mean anyway, so the two models
+    compute the same function). The SAE must see the centred version; see `sae_encode`.
+    """
+    kwargs = getattr(sae.cfg.metadata, "model_from_pretrained_kwargs", None) or {}
+    return bool(kwargs.get("center_writing_weights", False))
+
+
+def sae_encode(sae, acts_BTD: torch.Tensor) -> torch.Tensor:
+    """Latents (B, T, F) of the model's residual at the SAE's hook, in the SAE's own input convention.
+
+    Only the encoder input needs the centring: a decoder vector added to the HF residual differs from
+    its centred version by a multiple of the all-ones direction, which the next LayerNorm removes.
+    """
+    x = acts_BTD.to(sae.dtype)
+    if sae_centers_input(sae):
+        x = x - x.mean(-1, keepdim=True)
+    return sae.encode(x)
+
+
 def sae_hook_name(sae) -> str:
     return sae.cfg.metadata.hook_name
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from psm_repro.hooked import CallInfo, HookedModel
-from psm_repro.loading import sae_hook_name
+from psm_repro.loading import sae_encode, sae_hook_name
 
 MODES = ("add", "clamp", "ablate")
 POSITIONS = ("all", "prompt", "generated")
@@ -106,7 +106,7 @@ def steer(model: HookedModel, sae, interventions: list[Intervention], coefficien
             rows = 1.0 if iv.rows is None else iv.rows.to(x.device).float()[:, None, None]
             delta += coef * iv.weight * rows * vec.to(x.device)
         if clamps:
-            feats = sae.encode(x.to(sae.dtype))
+            feats = sae_encode(sae, x)
             edited = feats.clone()
             for iv in clamps:
                 rows = torch.ones(B, dtype=torch.bool) if iv.rows is None else iv.rows.bool()

@@ -69,3 +69,50 @@ def test_an_sae_for_another_width_is_refused_naming_both(tmp_path, tiny_model):
     path = save_tiny_sae(tmp_path / "sae2", 64, 64, "blocks.7.hook_resid_post")
     with pytest.raises(LoadError, match="blocks.7.hook_resid_post"):
         load_sae(SAEConfig(name="deep", path=str(path)), tiny_model)
+
+
+def test_centred_writing_weights_equal_the_hf_residual_minus_its_mean(tmp_path):
+    """gpt2-small-res-jb was trained on a HookedTransformer with center_writing_weights: every vector
+    written into the residual has zero mean over d_model. Centre the writing weights of a tiny GPT-2 by
+    hand: its residual must equal the plain model's residual minus its mean, which is what sae_encode feeds
+    such an SAE."""
+    import copy
+
+    tok = build_tokenizer(tmp_path / "model")
+    config, cls, hook = _config("gpt2", len(tok), tok)
+    torch.manual_seed(0)
+    plain = cls(config).eval()
+    centred = copy.deepcopy(plain)
+    with torch.no_grad():
+        t = centred.transformer
+        t.wte.weight -= t.wte.weight.mean(-1, keepdim=True)
+        t.wpe.weight -= t.wpe.weight.mean(-1, keepdim=True)
+        for blk in t.h:
+            for proj in (blk.attn.c_proj, blk.mlp.c_proj):  # Conv1D: weight (in, d_model)
+                proj.weight -= proj.weight.mean(-1, keepdim=True)
+                proj.bias -= proj.bias.mean()
+    ids = torch.tensor([[1, 5, 6, 7, 9]])
+    with torch.inference_mode():
+        hs_plain = plain(input_ids=ids, output_hidden_states=True).hidden_states
+        hs_centred = centred(input_ids=ids, output_hidden_states=True).hidden_states
+    for a, b in zip(hs_plain[:-1], hs_centred[:-1]):  # the last one has the final LayerNorm applied
+        torch.testing.assert_close(b, a - a.mean(-1, keepdim=True), atol=1e-5, rtol=1e-4)
+
+
+def test_sae_encode_centres_only_for_saes_that_ask(tmp_path):
+    import json
+
+    from psm_repro.loading import sae_centers_input, sae_encode
+    from sae_lens import SAE
+
+    path = save_tiny_sae(tmp_path / "sae", 16, 32, "blocks.1.hook_resid_pre")
+    plain = SAE.load_from_disk(str(path))
+    cfg = json.loads((path / "cfg.json").read_text())
+    cfg["metadata"]["model_from_pretrained_kwargs"] = {"center_writing_weights": True}
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    centring = SAE.load_from_disk(str(path))
+    assert not sae_centers_input(plain) and sae_centers_input(centring)
+    x = torch.randn(2, 3, 16) + 5.0
+    torch.testing.assert_close(sae_encode(plain, x), plain.encode(x))
+    torch.testing.assert_close(sae_encode(centring, x), plain.encode(x - x.mean(-1, keepdim=True)))
+    assert not torch.allclose(sae_encode(centring, x), sae_encode(plain, x))
