@@ -42,10 +42,12 @@ class ModelConfig:
 
     def __post_init__(self):
         # `model.hf_id=...` or `model.path=...` alone is enough: they imply their source
+        # (a `model.name=` given alongside is kept: it labels the result cards)
+        default_name = self.name == ModelConfig.name
         if self.source == "embedded" and self.hf_id:
-            self.source, self.name = "hub", self.hf_id
+            self.source, self.name = "hub", self.hf_id if default_name else self.name
         elif self.source == "embedded" and self.path:
-            self.source, self.name = "path", self.path
+            self.source, self.name = "path", self.path if default_name else self.name
         _choice("model.source", self.source, ("embedded", "hub", "path"))
         _choice("model.device", self.device, ("auto", "cpu", "cuda"))
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))

@@ -57,7 +57,17 @@ def render(results_dir: Path) -> str:
                          f"{_cell(h, 'vs_unsteered')} | {_cell(h, 'vs_random_latent')} | "
                          f"{_cell(h, 'vs_dense_direction')} | {_cell(h, 'vs_system_prompt')} | "
                          f"{_f(st['judge_auroc'], 2)}{flag} |")
+    lines += _bench_sections(results_dir)
     return "\n".join(lines) + "\n"
+
+
+def _bench_sections(results_dir: Path) -> list[str]:
+    """Quote each saved `bench.md` (results/bench/ for the CPU default, subfolders for other machines)."""
+    out = []
+    for path in sorted(Path(results_dir).glob("bench/**/bench.md"), key=lambda p: (len(p.parts), str(p))):
+        body = path.read_text().split("\n", 1)[1].strip()  # drop its "# Benchmarks" title
+        out += ["", f"## Benchmarks: `{path.parent.relative_to(results_dir)}`", "", body]
+    return out
 
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
