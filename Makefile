@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 EXPERIMENTS := secrecy panic inner_conflict sycophancy sarcasm toxic_persona ai_entity
 
-.PHONY: setup run test results tables clean-venv
+.PHONY: setup run test results results-em tables clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,12 @@ results: setup
 	  if [ -d results/steer_$$p ]; then mkdir -p runs/replaced && mv results/steer_$$p runs/replaced/steer_$$p.$$(date +%s); fi; \
 	  $(PY) -m psm_repro run experiment=steer_$$p hydra.run.dir=results/steer_$$p || exit 1; \
 	done
+	$(PY) -m psm_repro tables
+
+# The emergent-misalignment card (fine-tuning included, ~20 min on 2 cores); the old card is moved aside.
+results-em: setup
+	@if [ -d results/em_risky_finance ]; then mkdir -p runs/replaced && mv results/em_risky_finance runs/replaced/em_risky_finance.$$(date +%s); fi
+	$(PY) -m psm_repro finetune experiment=em_risky_finance hydra.run.dir=results/em_risky_finance
 	$(PY) -m psm_repro tables
 
 tables: setup

@@ -19,6 +19,7 @@ commands:
   tables     rebuild results/README.md from saved result cards (no model needed)
   train-sae  re-create the embedded model's SAE from scratch
   bench      speed against plain HF and the machine's limit (writes results/bench/)
+  finetune   emergent misalignment: narrow fine-tune + control, broad misalignment, latent diff, steering
 
 options:
   -m, --multirun  Hydra multirun: comma-separated overrides sweep, one run directory each
@@ -29,8 +30,9 @@ examples:
   python -m psm_repro -m run experiment=steer_secrecy,steer_panic
   python -m psm_repro find persona=panic hydra.run.dir=runs/panic
   python -m psm_repro steer persona=sarcasm steer.prompt="How do I boil an egg?"
+  python -m psm_repro finetune experiment=em_risky_finance
 """
-COMMANDS = ("run", "find", "steer", "tables", "train-sae", "bench")
+COMMANDS = ("run", "find", "steer", "tables", "train-sae", "bench", "finetune")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 logger = logging.getLogger("psm_repro")
 
@@ -160,6 +162,16 @@ def _dispatch(command: str, cfg, run_dir: Path) -> int:
         out = project_path(cfg.bench.out_dir)
         run_bench(cfg, out)
         print((out / "bench.md").read_text())
+    elif command == "finetune":
+        s = pipeline.emergent_misalignment(cfg, run_dir)
+        h = s["headline"]
+        nc = h["narrow_vs_control"]
+        print(f"\n{s['experiment']}: narrow - control misaligned rate {nc['diff']:+.3f} "
+              f"[{nc['ci_low']:+.3f}, {nc['ci_high']:+.3f}] ({h['broad_misalignment_answer']})")
+        print(f"toxic-persona latent {h['toxic_latent']} ranks {h['toxic_rank']} of {s['d_sae']} in the diff; "
+              f"steering latent {h['steer_latent']}: amplify beats random {h['amplify_beats_random']}, "
+              f"suppress beats random {h['suppress_beats_random']}")
+        print(f"results in {run_dir}")
     elif command == "train-sae":
         report = pipeline.train_sae(cfg)
         m = report["heldout_metrics"]

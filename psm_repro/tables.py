@@ -31,7 +31,9 @@ def collect(results_dir: Path) -> list[tuple[str, dict]]:
 
 
 def render(results_dir: Path) -> str:
-    runs = collect(results_dir)
+    everything = collect(results_dir)
+    runs = [(n, s) for n, s in everything if "finder" in s]
+    em_runs = [(n, s) for n, s in everything if "misalignment" in s]
     lines = [HEADER, "## Finder", "",
              "| run | persona | model / SAE | top latent | shared score | chance p95 | dense d (narr / asst) | "
              "top-10 stable | reuse (shuffled) |",
@@ -57,8 +59,32 @@ def render(results_dir: Path) -> str:
                          f"{_cell(h, 'vs_unsteered')} | {_cell(h, 'vs_random_latent')} | "
                          f"{_cell(h, 'vs_dense_direction')} | {_cell(h, 'vs_system_prompt')} | "
                          f"{_f(st['judge_auroc'], 2)}{flag} |")
+    lines += _em_section(em_runs)
     lines += _bench_sections(results_dir)
     return "\n".join(lines) + "\n"
+
+
+def _em_section(runs: list[tuple[str, dict]]) -> list[str]:
+    """Emergent-misalignment cards: broad misalignment, where the toxic-persona latent ranks, steering."""
+    if not runs:
+        return []
+
+    def d(x: dict) -> str:
+        return f"{_f(x['diff'], 3)} [{_f(x['ci_low'], 3)}, {_f(x['ci_high'], 3)}]"
+
+    lines = ["", "## Emergent misalignment", "",
+             "| run | model / SAE | misaligned rate base / control / narrow | narrow - control | toxic-persona latent "
+             "rank in diff | amplify beats random | suppress beats random |",
+             "|---|---|---|---|---|---|---|"]
+    for name, s in runs:
+        h = s["headline"]
+        rates = " / ".join(_f(m["rate"], 3) for m in sorted(s["misalignment"], key=lambda m: ["base", "control",
+                                                                                                 "narrow"].index(m["model"])))
+        lines.append(f"| [{name}]({name}/summary.md) | {s['model']} / {s['sae']} | {rates} | {d(h['narrow_vs_control'])} | "
+                     f"{h['toxic_latent']}: {h['toxic_rank']} of {s['d_sae']} | "
+                     f"{'**yes**' if h['amplify_beats_random'] else 'no'} | "
+                     f"{'**yes**' if h['suppress_beats_random'] else 'no'} |")
+    return lines
 
 
 def _bench_sections(results_dir: Path) -> list[str]:

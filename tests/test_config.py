@@ -15,7 +15,7 @@ def test_every_experiment_composes(experiment):
     cfg, run_dir = compose("run", [f"experiment={experiment}"])
     assert isinstance(cfg, RunConfig)
     assert cfg.experiment_name == experiment
-    assert cfg.persona in experiment
+    assert (cfg.em.data if experiment.startswith("em_") else cfg.persona) in experiment
     assert experiment in str(run_dir)
 
 
