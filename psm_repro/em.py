@@ -116,15 +116,6 @@ def diff_latents(narrow_NF: torch.Tensor, control_NF: torch.Tensor, base_NF: tor
             "effect": stats.paired_effect(diff), "top": top, "top_p": p}
 
 
-def matched_random(freq_F: torch.Tensor, norms_F: torch.Tensor, feature: int, seed: int, exclude: set[int]) -> int:
-    """A latent with the closest firing frequency and decoder norm (the steering control)."""
-    dist = (freq_F - freq_F[feature]).abs() / (freq_F[feature] + 1e-6) + (norms_F - norms_F[feature]).abs() / norms_F[feature]
-    dist = dist + torch.rand(len(dist), generator=torch.Generator().manual_seed(seed)) * 1e-6
-    for f in exclude | {feature}:
-        dist[f] = float("inf")
-    dist[freq_F <= 0] = float("inf")
-    return int(torch.argmin(dist))
-
 
 def arm_table(context: str, replies: Replies, flags: np.ndarray, features: dict[str, int], cfg: EMConfig,
               seed: int) -> list[dict]:

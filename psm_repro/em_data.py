@@ -6,10 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from psm_repro.loading import PROJECT_ROOT, project_path
-from psm_repro.personas import PersonaError, _Checker
+from psm_repro.personas import PersonaError, read_yaml
 
 EM_DIR = PROJECT_ROOT / "experiments" / "em"
 
@@ -51,13 +49,9 @@ def load_em(path: Path) -> EMData:
     if not path.exists():
         raise PersonaError(f"{path}: no such emergent-misalignment data file (shipped: "
                            f"{', '.join(sorted(p.stem for p in EM_DIR.glob('*.yaml')))})")
-    text = path.read_text()
-    try:
-        doc = yaml.safe_load(text)
-        chk = _Checker(path, text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise PersonaError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML") from None
+    doc, chk = read_yaml(path)
+    if not isinstance(doc, dict):
+        raise PersonaError(f"{path}:1: expected a mapping with name, domain, framings, train, broad_eval")
 
     def get(keys: tuple, kind: type):
         node = doc

@@ -90,18 +90,22 @@ class _Checker:
         raise PersonaError(f"{self.path}:{self.line(*keys)}: {msg}")
 
 
+def read_yaml(path: Path) -> tuple[object, _Checker]:
+    """Parse a data file; a syntax error becomes `file:line: not valid YAML`."""
+    text = path.read_text()
+    try:
+        return yaml.safe_load(text), _Checker(path, text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise PersonaError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML") from None
+
+
 def load_persona(path: str | Path, shipped: bool = False) -> Persona:
     """Read and validate one persona file; `shipped=True` also enforces the minimum set sizes."""
     path = Path(path)
     if not path.exists():
         raise PersonaError(f"{path}: persona file not found")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-        chk = _Checker(path, text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise PersonaError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML") from None
+    data, chk = read_yaml(path)
     if not isinstance(data, dict):
         raise PersonaError(f"{path}:1: expected a mapping with name, description, search, eval")
     for key in ("name", "description", "search"):

@@ -17,7 +17,7 @@ from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, project_path
 from psm_repro.outputs import claim_run_dir, manifest, write_csv, write_json, write_jsonl, write_text
 from psm_repro.personas import resolve_persona
 from psm_repro.steering import Intervention, generate, steer
-from psm_repro.sweep import STEERING_COLUMNS, run_sweep
+from psm_repro.sweep import STEERING_COLUMNS, closest_latent, run_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def emergent_misalignment(cfg: RunConfig, out_dir: Path) -> dict:
              for q, r in zip(questions, rb.texts)]
     scale_F = item_activations(models["narrow"], sae, chats, "max", cfg.finder.batch_size).latents_NF.max(0).values
     freq_F = (lat["base"] > 0).float().mean(0)
-    rand = em.matched_random(freq_F, sae.W_dec.float().norm(dim=-1).cpu(), top, cfg.seed,
+    rand = closest_latent(freq_F, sae.W_dec.float().norm(dim=-1).cpu(), top, cfg.seed,
                              exclude=set(diff["order"][:20].tolist()) | {toxic_top})
     iv = {k: Intervention(mode=mode, feature=f, scale=float(scale_F[f]))
           for k, f, mode in (("latent_add", top, "add"), ("random_add", rand, "add"),

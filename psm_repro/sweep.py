@@ -55,14 +55,19 @@ def _lap(stage: str, n: int, start: float) -> float:
 
 
 def matched_random_latent(found: FinderResult, sae, feature: int, seed: int, exclude: set[int]) -> int:
-    """A latent whose search-set frequency and decoder norm are closest to `feature`'s (ties broken by seed)."""
-    freq = found.frequency_F
-    norms = sae.W_dec.float().norm(dim=-1).cpu()
-    dist = (freq - freq[feature]).abs() / (freq[feature] + 1e-6) + (norms - norms[feature]).abs() / norms[feature]
+    """The random-latent control for the finder's latent, matched on search-set statistics."""
+    return closest_latent(found.frequency_F, sae.W_dec.float().norm(dim=-1).cpu(), feature, seed, exclude,
+                          usable_F=found.max_activation_F > 0)
+
+
+def closest_latent(freq_F: torch.Tensor, norms_F: torch.Tensor, feature: int, seed: int, exclude: set[int],
+                   usable_F: torch.Tensor | None = None) -> int:
+    """A latent whose firing frequency and decoder norm are closest to `feature`'s (ties broken by seed)."""
+    dist = (freq_F - freq_F[feature]).abs() / (freq_F[feature] + 1e-6) + (norms_F - norms_F[feature]).abs() / norms_F[feature]
     dist = dist + torch.rand(len(dist), generator=torch.Generator().manual_seed(seed)) * 1e-6
     for f in exclude | {feature}:
         dist[f] = float("inf")
-    dist[found.max_activation_F <= 0] = float("inf")
+    dist[~(freq_F > 0 if usable_F is None else usable_F)] = float("inf")
     return int(torch.argmin(dist))
 
 
