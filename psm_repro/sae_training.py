@@ -116,7 +116,7 @@ def train(model: HookedModel, cfg: TrainSAEConfig, seed: int, out_dir: Path, spl
         training_tokens=training_tokens, train_batch_size_tokens=cfg.batch_size_tokens,
         store_batch_size_prompts=16, n_batches_in_buffer=64, lr=cfg.lr, lr_warm_up_steps=50,
         lr_decay_steps=max(1, training_tokens // cfg.batch_size_tokens // 5),
-        dead_feature_window=cfg.dead_feature_window, feature_sampling_window=max(cfg.dead_feature_window, 100),
+        dead_feature_window=cfg.dead_feature_window, feature_sampling_window=max(cfg.dead_feature_window, 2000),
         device="cpu", seed=seed, n_checkpoints=0, checkpoint_path=None, output_path=None,
         logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=20, verbose=False,
     )
