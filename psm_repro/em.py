@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from psm_repro import stats
 from psm_repro.behaviour import EmbeddingJudge, distinct_n, reply_logprobs, teacher_forced_rows
@@ -46,7 +47,7 @@ def sample_replies(model: HookedModel, sae, questions: list[str], cfg: EMConfig,
     prompts = [encode_prompt(model.tokenizer, [{"role": "user", "content": q}]) for q in questions]
     batch = rows_that_fit(model, max(map(len, prompts)) + cfg.max_new_tokens, GENERATION_BATCH)
     texts, distinct = [], []
-    for b in range(0, len(rows), batch):
+    for b in tqdm(range(0, len(rows), batch), desc=f"sampling {len(rows)} replies", leave=False):
         chunk = rows[b:b + batch]
         ids = [prompts[q] for _, q, _ in chunk]
         arm_of = np.array([a for a, _, _ in chunk])
