@@ -134,7 +134,7 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
         return 1
 
     sweep = _timed({"batched": batched, "sequential": sequential}, b.repeats)
-    ceiling = matmul_flops(b.repeats, model.device, next(model.model.parameters()).dtype)
+    ceiling = matmul_flops(b.repeats, model.device, model.dtype)
     fpt = forward_flops_per_token(model, layer, sae)
     result = {
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, "

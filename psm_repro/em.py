@@ -7,6 +7,7 @@ trained on the base model reads all three at the same layer (the usual model-dif
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -56,18 +57,12 @@ def sample_replies(model: HookedModel, sae, questions: list[str], cfg: EMConfig,
             if iv is not None and (arm_of == a).any():
                 ivs.append(Intervention(mode=iv.mode, feature=iv.feature, scale=iv.scale,
                                         rows=torch.from_numpy(arm_of == a)))
-        with steer(model, sae, ivs, coef) if ivs else _nothing():
+        with steer(model, sae, ivs, coef) if ivs else contextlib.nullcontext():
             out, _ = generate(model, ids, cfg.max_new_tokens, cfg.temperature, seed + b)
         texts += [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
         distinct += [distinct_n(o) for o in out]
     return Replies(method=np.array([arms[a][0] for a, _, _ in rows]), coefficient=np.array([arms[a][1] for a, _, _ in rows]),
                    question=np.array([q for _, q, _ in rows]), texts=texts, distinct2=np.array(distinct))
-
-
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def rate_with_ci(flags: np.ndarray, questions: np.ndarray, cfg: EMConfig, seed: int) -> dict:

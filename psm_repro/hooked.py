@@ -60,6 +60,10 @@ class HookedModel:
         """Where inputs go: the embedding's device (the first GPU when the model is split across several)."""
         return self.model.get_input_embeddings().weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
     def hook_device(self, hook_name: str) -> torch.device:
         """Device of the module behind `hook_name` (differs from `device` when the model is split)."""
         module, _, _ = self.resolve(hook_name)

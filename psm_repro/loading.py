@@ -93,7 +93,7 @@ def _sae_dtype(cfg: SAEConfig, sae, model: HookedModel) -> torch.dtype:
     if cfg.dtype != "auto":
         return DTYPES[cfg.dtype]
     fp32_bytes = 4 * sum(p.numel() for p in sae.parameters())
-    return torch.float32 if fp32_bytes <= 2 ** 30 else next(model.model.parameters()).dtype
+    return torch.float32 if fp32_bytes <= 2 ** 30 else model.dtype
 
 
 def sae_centers_input(sae) -> bool:

@@ -112,11 +112,11 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
 
     clock = time.perf_counter()
     replies: list[list[int]] = []
-    longest = max(len(prompt_ids(r)) for r in rows) + cfg.max_new_tokens
-    batch = rows_that_fit(model, longest, GENERATION_BATCH)
+    all_ids = [prompt_ids(r) for r in rows]
+    batch = rows_that_fit(model, max(map(len, all_ids)) + cfg.max_new_tokens, GENERATION_BATCH)
     for b in tqdm(range(0, len(rows), batch), desc="steered generation"):
         chunk = rows[b:b + batch]
-        ids = [prompt_ids(r) for r in chunk]
+        ids = all_ids[b:b + batch]
         width = max(len(x) for x in ids)
         with _steer_ctx(model, sae, ivs, chunk, cfg, width):
             out, _ = generate(model, ids, cfg.max_new_tokens, cfg.temperature, seed + b)
