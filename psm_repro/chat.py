@@ -61,9 +61,15 @@ def encode_chat(tokenizer, messages: list[Message]) -> Encoded:
     return Encoded(full, mask)
 
 
-def encode_text(tokenizer, text: str, prepend_bos: bool) -> Encoded:
-    """Encode plain text; BOS only when the SAE was trained with it, and never counted."""
+def encode_text(tokenizer, text: str, prepend_bos: bool, first_position: int = 0) -> Encoded:
+    """Encode plain text; BOS only when the SAE was trained with it, and never counted.
+
+    Positions before `first_position` (the SAE's training `seqpos_slice` start: the attention sink, whose
+    residual norm is ~100x the rest in SmolLM2) are not counted either."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if prepend_bos and tokenizer.bos_token_id is not None:
-        return Encoded([tokenizer.bos_token_id] + ids, [False] + [True] * len(ids))
-    return Encoded(ids, [True] * len(ids))
+        ids = [tokenizer.bos_token_id] + ids
+        mask = [False] + [True] * (len(ids) - 1)
+    else:
+        mask = [True] * len(ids)
+    return Encoded(ids, [m and i >= first_position for i, m in enumerate(mask)])

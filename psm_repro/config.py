@@ -164,11 +164,15 @@ class TrainSAEConfig:
     training_tokens: int = 2_500_000
     lr: float = 4e-4
     batch_size_tokens: int = 4096
-    dead_feature_window: int = 1000
-    """Steps without firing after which a latent counts as dead and joins TopK's AuxK loss. The committed SAE
-    used sae-lens's default, 1000, longer than its whole run (~610 steps), so AuxK never switched on; a
-    retrain with 20 (AuxK on from step ~20) gave dead 64.0% vs 66.6%, FVU 0.020, CE recovered 98.9%
-    (saes/dead_latents.md), so AuxK is not what keeps these latents dead."""
+    dead_feature_window: int = 50
+    """Steps without firing after which a latent counts as dead and joins TopK's AuxK loss (50 steps = 205k
+    tokens). sae-lens's default, 1000, is longer than the whole ~610-step run, so AuxK never switched on in the
+    first SAE (saes/dead_latents.md)."""
+    b_dec_init: str = "mean"
+    """`mean`: start the decoder bias at the mean training activation (sae-lens starts it at zero, which left two
+    thirds of the first SAE's latents dead); `zero`: sae-lens's default."""
+    b_dec_init_sequences: int = 256
+    """Training sequences the mean is taken over."""
     aux_loss_coefficient: float = 1.0
     generated_chats: int = 448
     generation_budget_s: float = 1e9

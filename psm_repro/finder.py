@@ -25,7 +25,7 @@ from tqdm import tqdm
 from psm_repro.chat import Encoded, encode_chat, encode_text
 from psm_repro.config import FinderConfig
 from psm_repro.hooked import HookedModel
-from psm_repro.loading import sae_encode, sae_hook_name, sae_prepend_bos
+from psm_repro.loading import sae_encode, sae_first_position, sae_hook_name, sae_prepend_bos
 from psm_repro.memory import rows_that_fit
 from psm_repro.personas import Persona
 from psm_repro import stats
@@ -60,11 +60,12 @@ class FinderResult:
     extra: dict = field(default_factory=dict)
 
 
-def encode_persona(model: HookedModel, persona: Persona, prepend_bos: bool) -> dict[str, list[Encoded]]:
+def encode_persona(model: HookedModel, persona: Persona, prepend_bos: bool,
+                   first_position: int = 0) -> dict[str, list[Encoded]]:
     tok = model.tokenizer
     return {
-        "narrative": [encode_text(tok, t, prepend_bos) for t in persona.narrative],
-        "narrative_neutral": [encode_text(tok, t, prepend_bos) for t in persona.narrative_neutral],
+        "narrative": [encode_text(tok, t, prepend_bos, first_position) for t in persona.narrative],
+        "narrative_neutral": [encode_text(tok, t, prepend_bos, first_position) for t in persona.narrative_neutral],
         "assistant": [encode_chat(tok, c) for c in persona.assistant],
         "assistant_neutral": [encode_chat(tok, c) for c in persona.assistant_neutral],
     }
@@ -173,7 +174,7 @@ def _snippets(acts: dict[str, ItemActs], feature: int, tokenizer, n: int) -> tup
 def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, seed: int,
                   neuronpedia_id: str | None = None) -> FinderResult:
     """Rank latents for one persona and compute every control the summary reports."""
-    encoded = encode_persona(model, persona, sae_prepend_bos(sae))
+    encoded = encode_persona(model, persona, sae_prepend_bos(sae), sae_first_position(sae))
     acts = {s: item_activations(model, sae, encoded[s], cfg.aggregation, cfg.batch_size, desc=f"encoding {s}")
             for s in SETS}
     full = rank_latents(acts, cfg, seed)

@@ -125,3 +125,9 @@ def sae_hook_name(sae) -> str:
 
 def sae_prepend_bos(sae) -> bool:
     return bool(getattr(sae.cfg.metadata, "prepend_bos", True))
+
+
+def sae_first_position(sae) -> int:
+    """First sequence position the SAE was trained on (sae-lens's `seqpos_slice`); earlier ones are not read."""
+    start = (getattr(sae.cfg.metadata, "seqpos_slice", None) or [None])[0]
+    return int(start or 0)

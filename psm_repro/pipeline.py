@@ -126,7 +126,7 @@ def emergent_misalignment(cfg: RunConfig, out_dir: Path) -> dict:
     from psm_repro.em_data import resolve_em
     from psm_repro.finder import encode_persona, item_activations
     from psm_repro.finetune import finetune
-    from psm_repro.loading import sae_prepend_bos
+    from psm_repro.loading import sae_first_position, sae_prepend_bos
     from psm_repro.stats import paired_effect
 
     start, e = time.time(), cfg.em
@@ -165,7 +165,7 @@ def emergent_misalignment(cfg: RunConfig, out_dir: Path) -> dict:
     questions = [data.questions[q] for q in rb.question]
     lat = {n: em.reply_latents(m, sae, questions, rb.texts) for n, m in models.items()}
     diff = em.diff_latents(lat["narrow"], lat["control"], lat["base"], e, cfg.seed)
-    enc = encode_persona(base, persona, sae_prepend_bos(sae))
+    enc = encode_persona(base, persona, sae_prepend_bos(sae), sae_first_position(sae))
     narr = {s: item_activations(base, sae, enc[s], "max", cfg.finder.batch_size).latents_NF
             for s in ("narrative", "narrative_neutral")}
     narrative_effect = paired_effect(narr["narrative"] - narr["narrative_neutral"])

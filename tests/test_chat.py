@@ -30,3 +30,9 @@ def test_text_mask_never_counts_bos(tiny_model):
     with_bos = encode_text(tok, "the river", prepend_bos=True)
     assert with_bos.ids[0] == tok.bos_token_id and with_bos.mask == [False, True, True]
     assert encode_text(tok, "the river", prepend_bos=False).mask == [True, True]
+
+
+def test_text_mask_skips_positions_the_sae_never_saw(tiny_model):
+    tok = tiny_model.tokenizer
+    assert encode_text(tok, "the river", prepend_bos=True, first_position=2).mask == [False, False, True]
+    assert encode_text(tok, "the river", prepend_bos=False, first_position=1).mask == [False, True]
