@@ -111,7 +111,7 @@ def test_tables_regenerates_results_readme_byte_for_byte(capsys):
 
 def test_bench_runs_on_the_tiny_model(tiny_overrides, tmp_path, capsys):
     out = tmp_path / "bench"
-    args = ["bench", *tiny_overrides, "bench.repeats=1", "bench.n_texts=8", "bench.text_tokens=16",
+    args = ["bench", *tiny_overrides, "bench.repeats=1", "bench.scan_repeats=1", "bench.n_texts=8", "bench.text_tokens=16",
             "bench.gen_batch=4", "bench.gen_tokens=4", "bench.sweep_coefficients=2", "bench.sweep_prompts=2",
             "bench.end_to_end=false", f"bench.out_dir={out}"]
     assert main(args) == 0
