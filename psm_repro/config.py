@@ -184,6 +184,9 @@ class TrainSAEConfig:
     heldout_eval_sequences: int = 256
     out_dir: str = "saes/smollm2_135m_l15_topk"
 
+    def __post_init__(self):
+        _choice("train_sae.b_dec_init", self.b_dec_init, ("mean", "zero"))
+
 
 @dataclass
 class EMConfig:

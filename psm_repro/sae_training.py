@@ -117,8 +117,6 @@ def train(model: HookedModel, cfg: TrainSAEConfig, seed: int, out_dir: Path, spl
     from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
 
-    if cfg.b_dec_init not in ("mean", "zero"):
-        raise ValueError(f"train_sae.b_dec_init={cfg.b_dec_init!r}: expected 'mean' or 'zero'")
     torch.manual_seed(seed)
     split = split or build_corpus(model, cfg, seed)
     hook_name = f"model.layers.{cfg.layer}"

@@ -33,6 +33,7 @@ def test_default_config_is_the_embedded_model_and_committed_sae():
     ("model.dtype=float8", "model.dtype"),
     ("model.n_devices=0", "model.n_devices"),
     ("sae.dtype=int8", "sae.dtype"),
+    ("train_sae.b_dec_init=median", "train_sae.b_dec_init"),
 ])
 def test_bad_overrides_fail_naming_the_key(override, message):
     with pytest.raises(Exception) as err:
