@@ -162,7 +162,8 @@ def train(model: HookedModel, cfg: TrainSAEConfig, seed: int, out_dir: Path, spl
         write_json(staged / "training_report.json", report)
         write_text(staged / "TRAINING_REPORT.md", render_report(report))
         if out_dir.exists():
-            shutil.move(str(out_dir), str(Path(tmp) / "previous"))
+            # never lose an earlier SAE: it moves aside, next to the new one
+            shutil.move(str(out_dir), str(out_dir.with_name(f"{out_dir.name}.replaced-{int(time.time())}")))
         staged.rename(out_dir)
     return report
 

@@ -27,6 +27,10 @@ def test_train_writes_a_loadable_half_precision_sae_with_a_report(tiny_model, tm
     assert sae.W_dec.shape == (128, 64)
     assert (tmp_path / "sae" / "TRAINING_REPORT.md").exists()
 
+    train(tiny_model, cfg, seed=0, out_dir=tmp_path / "sae", split=split)  # a second run keeps the first
+    kept = list(tmp_path.glob("sae.replaced-*"))
+    assert len(kept) == 1 and (kept[0] / "sae_weights.safetensors").exists()
+
 
 def test_decoder_bias_starts_at_the_mean_activation_of_positions_the_sae_reads(tiny_model, tmp_path, monkeypatch):
     import sae_lens
