@@ -20,6 +20,8 @@ commands:
   train-sae  re-create the embedded model's SAE from scratch
   bench      speed against plain HF and the machine's limit (writes results/bench/)
   finetune   emergent misalignment: narrow fine-tune + control, broad misalignment, latent diff, steering
+  judge      score replies (JSONL with prompt, reply) with a persona's judge: trait, coherence, headline score
+  validate-judge  each persona judge's AUROC against blind reading labels on real replies (out of fold)
 
 options:
   -m, --multirun  Hydra multirun: comma-separated overrides sweep, one run directory each
@@ -31,8 +33,10 @@ examples:
   python -m psm_repro find persona=panic hydra.run.dir=runs/panic
   python -m psm_repro steer persona=sarcasm steer.prompt="How do I boil an egg?"
   python -m psm_repro finetune experiment=em_risky_finance
+  python -m psm_repro judge persona=sarcasm judge.input=replies.jsonl judge.output=scored.jsonl
+  python -m psm_repro validate-judge
 """
-COMMANDS = ("run", "find", "steer", "tables", "train-sae", "bench", "finetune")
+COMMANDS = ("run", "find", "steer", "tables", "train-sae", "bench", "finetune", "judge", "validate-judge")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 logger = logging.getLogger("psm_repro")
 
@@ -172,6 +176,19 @@ def _dispatch(command: str, cfg, run_dir: Path) -> int:
               f"steering latent {h['steer_latent']}: amplify beats random {h['amplify_beats_random']}, "
               f"suppress beats random {h['suppress_beats_random']}")
         print(f"results in {run_dir}")
+    elif command == "judge":
+        from psm_repro.judging import judge_file
+
+        v = judge_file(cfg)
+        print(f"wrote {cfg.judge.output}: {v.backend} judge for `{v.persona}`, headline AUROC {v.auroc_headline:.3f} "
+              f"on {v.n} labelled real replies ({'valid' if v.valid else 'NOT valid: no verdict should rest on it'})")
+    elif command == "validate-judge":
+        from psm_repro.judging import validate_judges
+        from psm_repro.loading import project_path
+
+        out = project_path(cfg.judge.out_dir)
+        validate_judges(cfg, out)
+        print((out / "validity.md").read_text())
     elif command == "train-sae":
         report = pipeline.train_sae(cfg)
         m = report["heldout_metrics"]

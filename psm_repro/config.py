@@ -125,13 +125,17 @@ class SteerConfig:
     """Multiples of the latent's max activation on the search set."""
     positions: str = "all"
     steer_special: bool = False
-    n_prompts: int = 16
-    """Eval prompts used (split alternately into a dev half and a test half)."""
+    n_prompts: int = 32
+    """Eval prompts used (split alternately into a dev half and a test half): every shipped persona has 32, so
+    each half has 16, enough for an exact sign-flip test to reach p < 0.05 after Holm over four comparisons."""
     n_pairs: int = 16
     """Eval pairs used for the teacher-forced contrast log-prob."""
     samples_per_prompt: int = 1
     max_new_tokens: int = 40
-    temperature: float = 0.8
+    temperature: float = 0.2
+    top_p: float = 0.9
+    """Sampling as SmolLM2-Instruct's model card recommends (temperature 0.2, top-p 0.9): at 0.8 with no top-p a
+    third of the 135M model's unsteered replies were incoherent, so the baseline itself was noise."""
     n_bootstrap: int = 1000
     judge: str = "embedding"
     """embedding: offline MiniLM probe fitted on the persona's judge examples; llm: an OpenAI-compatible
@@ -246,6 +250,28 @@ class BenchConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """The `judge` and `validate-judge` commands (the backend is `steer.judge`)."""
+
+    input: str | None = None
+    """JSONL of replies to score: one object per line with at least `prompt` and `reply`."""
+    output: str | None = None
+    """Where the scored JSONL goes (the input's objects plus trait_score, coherence_score, score)."""
+    sets_dir: str = "experiments/judge_sets"
+    """Labelled real replies (docs/judge_validation.md): the offline judge is fitted and validated on them."""
+    personas: list[str] = field(default_factory=list)
+    """`validate-judge`: the personas to validate (empty: every persona with labelled replies)."""
+    folds: int = 5
+    """Cross-validation folds, grouped by prompt, for the validity that goes on the cards."""
+    out_dir: str = "results/judge_validation"
+    """Where `validate-judge` writes its table (moved aside, never overwritten)."""
+
+    def __post_init__(self):
+        if self.folds < 2:
+            raise ConfigError(f"judge.folds: must be >= 2, got {self.folds}")
+
+
+@dataclass
 class RunConfig:
     """Everything one command needs."""
 
@@ -264,6 +290,7 @@ class RunConfig:
     train_sae: TrainSAEConfig = field(default_factory=TrainSAEConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     em: EMConfig = field(default_factory=EMConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 def register_configs() -> None:

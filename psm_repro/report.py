@@ -19,7 +19,9 @@ def _ci(d: dict, digits=3) -> str:
 
 
 def verdict(d: dict) -> str:
-    return "yes (interval above 0)" if d["beats"] else "no (interval includes or is below 0)"
+    """The card's word for one comparison: "beats", "no", or "judge not valid"."""
+    v = d.get("verdict") or ("beats" if d["beats"] else "no")
+    return "**beats**" if v == "beats" else v
 
 
 def render_summary(summary: dict, rows: list[dict]) -> str:
@@ -58,26 +60,45 @@ def render_summary(summary: dict, rows: list[dict]) -> str:
     s = summary.get("steering")
     if s:
         h = s["headline"]
+        v = s.get("judge_validity") or {}
+        judge_line = (f"Judge (`{s.get('judge', 'embedding')}`) validated on {v.get('n', 0)} blind-labelled real replies "
+                      f"of this persona: headline AUROC {_f(v.get('auroc_headline'))}, trait AUROC "
+                      f"{_f(v.get('auroc_trait'))}, coherence AUROC {_f(v.get('auroc_coherence'))}, agreement "
+                      f"{_f(v.get('agreement'))} (docs/judge_validation.md).")
+        if not s["judge_reliable"]:
+            judge_line += (" **Below 0.75 (or no labels): the judge is not valid for this persona, so no comparison "
+                           "below can say \"beats\".**")
+        samp = s.get("sampling", {})
         lines += ["## Steering", "",
                   f"Latent {s['feature']} injected with `{s['mode']}` at `{s['positions']}` positions; random control "
                   f"latent {s['random_feature']}. Steering vector norm at coefficient 1 = "
-                  f"{_f(s['steering_vector_norm_ratio'])} x the mean residual norm. Judge held-out AUROC "
-                  f"{_f(s['judge_auroc'])}" + ("" if s["judge_reliable"] else " (**below 0.8: judge unreliable**)") + ".",
-                  "",
-                  f"Coefficient {h['coefficient']} chosen on the dev half of the eval prompts; on the test half "
-                  f"(difference in judge P(trait), 95% bootstrap interval over prompts):", "",
-                  "| comparison | difference | latent better? |", "|---|---|---|"]
+                  f"{_f(s['steering_vector_norm_ratio'])} x the mean residual norm. Sampling: temperature "
+                  f"{samp.get('temperature')}, top-p {samp.get('top_p')}, {samp.get('max_new_tokens')} new tokens.", "",
+                  judge_line, "",
+                  "Headline score per reply = P(trait) x P(coherent): a reply counts only when it is coherent and "
+                  f"shows the trait. Coefficient {h['coefficient']} chosen on the dev half by that score; on the test "
+                  f"half ({_n(h)} prompts), per-prompt differences, 95% BCa interval, one-sided exact sign-flip "
+                  "test, Holm-corrected over the four comparisons:", "",
+                  "| comparison | headline diff [95% CI] | trait diff | coherence diff | p (Holm) | verdict |",
+                  "|---|---|---|---|---|---|"]
         for c in ("unsteered", "random_latent", "dense_direction", "system_prompt"):
-            lines.append(f"| latent - {c.replace('_', ' ')} | {_ci(h['vs_' + c])} | {verdict(h['vs_' + c])} |")
+            d = h["vs_" + c]
+            lines.append(f"| latent - {c.replace('_', ' ')} | {_ci(d)} | {_f(d.get('trait_diff'))} | "
+                         f"{_f(d.get('coherence_diff'))} | {_f(d.get('p_holm'))} | {verdict(d)} |")
         st = h["steerability"]
-        lines += ["", f"Steerability (slope of P(trait) per unit coefficient): {_f(st['slope'], 4)} "
-                      f"[{_f(st['ci_low'], 4)}, {_f(st['ci_high'], 4)}].", "",
-                  "Full dose-response: `steering.csv`, `dose_response.png`; replies: `samples.jsonl`.", ""]
+        lines += ["", f"Steerability (mean per-prompt slope of the headline score per unit coefficient): "
+                      f"{_f(st['slope'], 4)} [{_f(st['ci_low'], 4)}, {_f(st['ci_high'], 4)}].", "",
+                  "Full dose-response (trait, coherence and headline side by side): `steering.csv`, "
+                  "`dose_response.png`; replies with their three scores: `samples.jsonl`.", ""]
     return "\n".join(lines)
 
 
+def _n(h: dict) -> str:
+    return str(h.get("vs_unsteered", {}).get("n_prompts", "?"))
+
+
 def plot_dose_response(table: list[dict], path: Path, title: str) -> None:
-    """Trait score and coherence against coefficient, every method on one figure (test half)."""
+    """Headline score, trait and coherence against coefficient, and the trait-coherence Pareto view (test half)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,32 +107,39 @@ def plot_dose_response(table: list[dict], path: Path, title: str) -> None:
     from psm_repro.outputs import write_bytes
 
     rows = [r for r in table if r["split"] == "test"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    colours = {"sae_latent": "C0", "random_latent": "C1", "dense_direction": "C2"}
     for method in sorted({r["method"] for r in rows}):
         pts = sorted([r for r in rows if r["method"] == method], key=lambda r: r["coefficient"])
         if method in ("unsteered", "system_prompt"):
             r = pts[0]
-            axes[0].axhline(r["trait_score"], ls="--" if method == "unsteered" else ":", color="grey" if
-                            method == "unsteered" else "black", label=method)
-            axes[1].axhline(r["coherence"], ls="--" if method == "unsteered" else ":", color="grey" if
-                            method == "unsteered" else "black", label=method)
-            axes[2].scatter([r["coherence"]], [r["trait_score"]], marker="s" if method == "unsteered" else "*",
-                            color="grey" if method == "unsteered" else "black", label=method, zorder=3)
+            style = dict(color="grey" if method == "unsteered" else "black",
+                         ls="--" if method == "unsteered" else ":")
+            axes[0].axhline(r["score"], label=method, **style)
+            axes[1].axhline(r["trait_score"], lw=1, **style)
+            axes[2].scatter([r["coherence_score"]], [r["trait_score"]], marker="s" if method == "unsteered" else "*",
+                            s=60, color=style["color"], label=method, zorder=3)
             continue
         x = [r["coefficient"] for r in pts]
-        y = [r["trait_score"] for r in pts]
-        err = [[r["trait_score"] - r["trait_ci_low"] for r in pts], [r["trait_ci_high"] - r["trait_score"] for r in pts]]
-        axes[0].errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
-        axes[1].plot(x, [r["coherence"] for r in pts], marker="o", label=method)
-        axes[2].plot([r["coherence"] for r in pts], y, marker="o", label=method)
+        col = colours.get(method)
+        y = [r["score"] for r in pts]
+        err = [[r["score"] - r["score_ci_low"] for r in pts], [r["score_ci_high"] - r["score"] for r in pts]]
+        axes[0].errorbar(x, y, yerr=err, marker="o", capsize=3, label=method, color=col)
+        axes[1].plot(x, [r["trait_score"] for r in pts], marker="o", color=col, label=f"{method} trait")
+        axes[1].plot(x, [r["coherence_score"] for r in pts], marker="x", ls="--", color=col,
+                     label=f"{method} coherence")
+        axes[2].plot([r["coherence_score"] for r in pts], [r["trait_score"] for r in pts], marker="o", color=col,
+                     label=method)
         for r in pts:
-            axes[2].annotate(f"{r['coefficient']:g}", (r["coherence"], r["trait_score"]), fontsize=7)
-    axes[0].set(xlabel="coefficient (x max activation)", ylabel="judge P(trait)", title=f"{title}: trait score")
-    axes[1].set(xlabel="coefficient (x max activation)", ylabel="mean log-prob under unsteered model",
-                title="coherence")
-    axes[2].set(xlabel="coherence (mean log-prob)", ylabel="judge P(trait)",
-                title="trade-off (labels: coefficient)")
+            axes[2].annotate(f"{r['coefficient']:g}", (r["coherence_score"], r["trait_score"]), fontsize=7)
+    axes[0].set(xlabel="coefficient (x max activation)", ylabel="P(trait) x P(coherent)",
+                title=f"{title}: headline score (95% BCa)")
+    axes[1].set(xlabel="coefficient (x max activation)", ylabel="judge probability",
+                title="trait (solid) and coherence (dashed)")
+    axes[2].set(xlabel="P(coherent)", ylabel="P(trait)", title="Pareto view (labels: coefficient)",
+                xlim=(-0.02, 1.02))
     axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})

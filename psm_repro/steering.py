@@ -122,24 +122,37 @@ def steer(model: HookedModel, sae, interventions: list[Intervention], coefficien
         yield
 
 
+def stop_ids(model: HookedModel) -> list[int]:
+    """Every end id the model's generation config lists, plus the tokenizer's EOS (Gemma-IT ends turns on
+    `<end_of_turn>`, which is not its tokenizer's EOS)."""
+    ids = getattr(getattr(model.model, "generation_config", None), "eos_token_id", None)
+    ids = [] if ids is None else ([ids] if isinstance(ids, int) else list(ids))
+    if model.tokenizer.eos_token_id is not None:
+        ids.append(model.tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
 def generate(model: HookedModel, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-             seed: int) -> tuple[list[list[int]], int]:
+             seed: int, top_p: float | None = None) -> tuple[list[list[int]], int]:
     """Sample replies for left-padded prompts with HF `generate` (KV cache on).
 
-    Returns (new token ids per row, prompt width); run it inside `steer(...)` to steer.
+    Returns (new token ids per row, prompt width); run it inside `steer(...)` to steer. `top_p` None or 1
+    is plain temperature sampling; temperature 0 is greedy.
     """
     ids, attn = model.pad_batch(prompts, side="left")
     torch.manual_seed(seed)
     tok = model.tokenizer
+    ends = stop_ids(model)
+    sample = temperature > 0
     with torch.inference_mode():
         out = model.model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
-                                   max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                   temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-                                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                   max_new_tokens=max_new_tokens, do_sample=sample,
+                                   temperature=temperature if sample else None,
+                                   top_p=top_p if sample and top_p is not None and top_p < 1 else None, top_k=None,
+                                   pad_token_id=tok.pad_token_id, eos_token_id=ends)
     new = out[:, ids.shape[1]:].tolist()
     cleaned = []
     for row in new:
-        if tok.eos_token_id in row:
-            row = row[: row.index(tok.eos_token_id)]
-        cleaned.append([t for t in row if t != tok.pad_token_id])
+        cut = next((i for i, t in enumerate(row) if t in ends), len(row))
+        cleaned.append([t for t in row[:cut] if t != tok.pad_token_id])
     return cleaned, ids.shape[1]

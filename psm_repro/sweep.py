@@ -20,12 +20,12 @@ import torch
 from tqdm import tqdm
 
 from psm_repro import stats
-from psm_repro.behaviour import (EmbeddingJudge, coherence_collapsed, distinct_n, perplexities, reply_logprobs,
-                                 teacher_forced_rows)
+from psm_repro.behaviour import coherence_collapsed, distinct_n, perplexities, reply_logprobs, teacher_forced_rows
 from psm_repro.chat import encode_prompt
-from psm_repro.config import SteerConfig
+from psm_repro.config import JudgeConfig, SteerConfig
 from psm_repro.finder import FinderResult
 from psm_repro.hooked import HookedModel
+from psm_repro.judge_validation import judge_for_run
 from psm_repro.memory import rows_that_fit
 from psm_repro.personas import Persona
 from psm_repro.steering import Intervention, generate, steer, steering_vector
@@ -33,10 +33,11 @@ from psm_repro.steering import Intervention, generate, steer, steering_vector
 logger = logging.getLogger(__name__)
 
 STEERED = ("sae_latent", "random_latent", "dense_direction")
-STEERING_COLUMNS = ["method", "feature", "coefficient", "split", "trait_score", "trait_ci_low", "trait_ci_high",
-                    "delta_vs_unsteered", "delta_ci_low", "delta_ci_high", "contrast_logprob", "contrast_ci_low",
-                    "contrast_ci_high", "coherence", "perplexity", "distinct2", "collapsed", "vector_norm_ratio",
-                    "judge_auroc", "judge", "n"]
+STEERING_COLUMNS = ["method", "feature", "coefficient", "split", "score", "score_ci_low", "score_ci_high",
+                    "trait_score", "trait_ci_low", "trait_ci_high", "coherence_score", "coherence_ci_low",
+                    "coherence_ci_high", "delta_vs_unsteered", "delta_ci_low", "delta_ci_high", "contrast_logprob",
+                    "contrast_ci_low", "contrast_ci_high", "perplexity", "distinct2", "collapsed", "vector_norm_ratio",
+                    "judge_auroc", "judge", "judge_valid", "n"]
 GENERATION_BATCH = 48
 
 
@@ -91,26 +92,20 @@ def _steer_ctx(model, sae, ivs: dict[str, Intervention], rows: list[Row], cfg: S
                  steer_special=cfg.steer_special)
 
 
-def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cfg: SteerConfig, seed: int,
-              feature: int) -> dict:
-    """Generate, score and summarise the whole sweep; returns rows for steering.csv, samples and headline."""
-    random_feature = matched_random_latent(found, sae, feature, seed, exclude={r["feature"] for r in found.rows[:20]})
-    ivs = build_interventions(sae, found, cfg, feature, random_feature)
-    coefs = [c for c in cfg.coefficients if c != 0]
-    prompts = persona.prompts[: cfg.n_prompts]
-    system = f"Play this role in your reply: {persona.description}"
-    rows = [Row("unsteered", 0.0, p, s) for p in range(len(prompts)) for s in range(cfg.samples_per_prompt)]
-    rows += [Row("system_prompt", 0.0, p, s) for p in range(len(prompts)) for s in range(cfg.samples_per_prompt)]
-    rows += [Row(m, c, p, s) for m in STEERED for c in coefs for p in range(len(prompts))
-             for s in range(cfg.samples_per_prompt)]
+def system_prompt(persona: Persona) -> str:
+    """The prompting baseline's system turn."""
+    return f"Play this role in your reply: {persona.description}"
 
+
+def sample_replies(model: HookedModel, sae, ivs: dict[str, Intervention], prompts: list[str], rows: list[Row],
+                   cfg: SteerConfig, seed: int, system: str) -> tuple[list[str], list[list[int]]]:
+    """Generate one reply per row, every method side by side in the same batches; returns texts and token ids."""
     def prompt_ids(r: Row) -> list[int]:
         msgs = [{"role": "user", "content": prompts[r.prompt]}]
         if r.method == "system_prompt":
             msgs = [{"role": "system", "content": system}] + msgs
         return encode_prompt(model.tokenizer, msgs)
 
-    clock = time.perf_counter()
     replies: list[list[int]] = []
     all_ids = [prompt_ids(r) for r in rows]
     batch = rows_that_fit(model, max(map(len, all_ids)) + cfg.max_new_tokens, GENERATION_BATCH)
@@ -119,13 +114,32 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
         ids = all_ids[b:b + batch]
         width = max(len(x) for x in ids)
         with _steer_ctx(model, sae, ivs, chunk, cfg, width):
-            out, _ = generate(model, ids, cfg.max_new_tokens, cfg.temperature, seed + b)
+            out, _ = generate(model, ids, cfg.max_new_tokens, cfg.temperature, seed + b, top_p=cfg.top_p)
         replies += out
     texts = [model.tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
+    return texts, replies
+
+
+def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cfg: SteerConfig, seed: int,
+              feature: int, judge_cfg: JudgeConfig | None = None, ref_model: HookedModel | None = None) -> dict:
+    """Generate, score and summarise the whole sweep; returns rows for steering.csv, samples and headline."""
+    random_feature = matched_random_latent(found, sae, feature, seed, exclude={r["feature"] for r in found.rows[:20]})
+    ivs = build_interventions(sae, found, cfg, feature, random_feature)
+    judge_cfg = judge_cfg or JudgeConfig()
+    coefs = [c for c in cfg.coefficients if c != 0]
+    prompts = persona.prompts[: cfg.n_prompts]
+    rows = [Row("unsteered", 0.0, p, s) for p in range(len(prompts)) for s in range(cfg.samples_per_prompt)]
+    rows += [Row("system_prompt", 0.0, p, s) for p in range(len(prompts)) for s in range(cfg.samples_per_prompt)]
+    rows += [Row(m, c, p, s) for m in STEERED for c in coefs for p in range(len(prompts))
+             for s in range(cfg.samples_per_prompt)]
+
+    clock = time.perf_counter()
+    texts, replies = sample_replies(model, sae, ivs, prompts, rows, cfg, seed, system_prompt(persona))
     clock = _lap("generation", len(rows), clock)
 
-    judge = EmbeddingJudge.fit(persona.judge.trait_examples, persona.judge.neutral_examples, seed)
-    trait = judge.score(texts) if cfg.judge == "embedding" else _llm_scores(persona, prompts, rows, texts, cfg)
+    score, validity = judge_for_run(persona, judge_cfg.sets_dir, seed, judge_cfg.folds, backend=cfg.judge,
+                                    llm_judge=_llm_judge(cfg) if cfg.judge == "llm" else None, ref_model=ref_model)
+    scored = score([prompts[r.prompt] for r in rows], texts)
     clock = _lap("judge", len(rows), clock)
     ppl = perplexities(model, [prompts[r.prompt] for r in rows], texts)
     distinct = np.array([distinct_n(r) for r in replies])
@@ -143,58 +157,68 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
     clock = _lap("contrast log-prob", len(lp_rows), clock)
     lp_rows_arr = np.array([(r.method, r.coefficient, r.prompt, r.sample) for r in lp_rows], dtype=object)
 
-    n_prompts = len(prompts)
-    split_of = {p: ("dev" if p % 2 == 0 else "test") for p in range(n_prompts)}
-    methods = np.array([r.method for r in rows])
-    coef_arr = np.array([r.coefficient for r in rows])
-    prompt_arr = np.array([r.prompt for r in rows])
-    split_arr = np.array([split_of[p] for p in prompt_arr])
-    base_ppl = np.nanmean(ppl[methods == "unsteered"])
+    split_of = {p: ("dev" if p % 2 == 0 else "test") for p in range(len(prompts))}
+    cols = {"method": np.array([r.method for r in rows]), "coef": np.array([r.coefficient for r in rows]),
+            "prompt": np.array([r.prompt for r in rows])}
+    cols["split"] = np.array([split_of[p] for p in cols["prompt"]])
+    measures = {"score": scored.score, "trait": scored.trait, "coherence": scored.coherence}
+    base_ppl = np.nanmean(ppl[cols["method"] == "unsteered"])
     resid = found.resid_norm
     table = []
     for split in ("dev", "test"):
-        base_mask = (methods == "unsteered") & (split_arr == split)
-        base_by_prompt = {p: trait[base_mask & (prompt_arr == p)].mean() for p in np.unique(prompt_arr[base_mask])}
         cells = [("unsteered", 0.0), ("system_prompt", 0.0)] + [(m, c) for m in STEERED for c in coefs]
         for method, c in cells:
-            m = (methods == method) & (coef_arr == c) & (split_arr == split)
+            m = (cols["method"] == method) & (cols["coef"] == c) & (cols["split"] == split)
             if not m.any():
                 continue
-            mean, lo, hi = stats.bootstrap_ci(trait[m], cfg.n_bootstrap, seed, groups=prompt_arr[m])
-            delta = trait[m] - np.array([base_by_prompt[p] for p in prompt_arr[m]])
-            d_mean, d_lo, d_hi = stats.bootstrap_ci(delta, cfg.n_bootstrap, seed, groups=prompt_arr[m])
+            row = {"method": method, "feature": {"sae_latent": feature, "random_latent": random_feature}.get(method, ""),
+                   "coefficient": c, "split": split}
+            for name, values in measures.items():
+                mean, lo, hi = stats.bca_interval(stats.group_means(values[m], cols["prompt"][m]), cfg.n_bootstrap, seed)
+                row |= {f"{name}_score" if name != "score" else "score": mean, f"{name}_ci_low": lo,
+                        f"{name}_ci_high": hi}
+            d = _per_prompt_diff(measures["score"], cols, (method, c), ("unsteered", 0.0), split)
+            row["delta_vs_unsteered"], row["delta_ci_low"], row["delta_ci_high"] = stats.bca_interval(
+                d, cfg.n_bootstrap, seed)
             cl = _contrast(lp, lp_rows_arr, method if method != "system_prompt" else None, c, cfg, seed, split)
-            ppl_m = float(np.nanmean(ppl[m]))
-            dist_m = float(np.nanmean(distinct[m]))
+            ppl_m, dist_m = float(np.nanmean(ppl[m])), float(np.nanmean(distinct[m]))
             iv = ivs.get(method)
             # add: the injected vector; clamp: the latent's decoder contribution at its target value
             norm = float(steering_vector(sae, iv).norm()) * abs(c) if iv is not None and iv.mode != "ablate" else 0.0
-            table.append({
-                "method": method, "feature": {"sae_latent": feature, "random_latent": random_feature}.get(method, ""),
-                "coefficient": c, "split": split, "trait_score": mean, "trait_ci_low": lo, "trait_ci_high": hi,
-                "delta_vs_unsteered": d_mean, "delta_ci_low": d_lo, "delta_ci_high": d_hi,
-                "contrast_logprob": cl[0], "contrast_ci_low": cl[1], "contrast_ci_high": cl[2],
-                "coherence": float(np.nanmean(-np.log(ppl[m]))), "perplexity": ppl_m, "distinct2": dist_m,
-                "collapsed": coherence_collapsed(ppl_m / base_ppl, dist_m), "vector_norm_ratio": norm / resid,
-                "judge_auroc": judge.auroc, "judge": cfg.judge, "n": int(np.isfinite(trait[m]).sum()),
-            })
-    headline = _headline(table, trait, methods, coef_arr, prompt_arr, split_arr, cfg, seed, coefs)
+            row |= {"contrast_logprob": cl[0], "contrast_ci_low": cl[1], "contrast_ci_high": cl[2],
+                    "perplexity": ppl_m, "distinct2": dist_m, "collapsed": coherence_collapsed(ppl_m / base_ppl, dist_m),
+                    "vector_norm_ratio": norm / resid, "judge_auroc": validity.auroc_headline, "judge": cfg.judge,
+                    "judge_valid": validity.valid, "n": int(np.isfinite(scored.score[m]).sum())}
+            table.append(row)
+    headline = _headline(table, measures, cols, cfg, seed, coefs, validity.valid)
     samples = [{"method": r.method, "coefficient": r.coefficient, "prompt": prompts[r.prompt], "sample": r.sample,
-                "split": split_of[r.prompt], "reply": t, "trait_score": float(s), "perplexity": float(p)}
-               for r, t, s, p in zip(rows, texts, trait, ppl)]
+                "split": split_of[r.prompt], "reply": t, "trait_score": float(a), "coherence_score": float(b),
+                "score": float(a * b), "perplexity": float(p)}
+               for r, t, a, b, p in zip(rows, texts, scored.trait, scored.coherence, ppl)]
     return {"table": table, "samples": samples, "headline": headline, "feature": feature,
-            "random_feature": random_feature, "judge_auroc": judge.auroc, "judge_reliable": judge.reliable,
+            "random_feature": random_feature, "judge": cfg.judge, "judge_validity": validity.as_row(),
+            "judge_auroc": validity.auroc_headline, "judge_reliable": validity.valid,
+            "n_prompts_per_half": {"dev": len(prompts[0::2]), "test": len(prompts[1::2])},
+            "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens},
             "steering_vector_norm_ratio": float(steering_vector(sae, ivs["sae_latent"]).norm()) / resid}
 
 
-def _llm_scores(persona: Persona, prompts: list[str], rows: list[Row], texts: list[str], cfg: SteerConfig):
+def _llm_judge(cfg: SteerConfig):
     from psm_repro.embedded import cache_root
     from psm_repro.llm_judge import LLMJudge
 
-    judge = LLMJudge(cfg.llm_judge_model, cache_root() / "llm_judge", usd_per_1k_tokens=cfg.llm_judge_usd_per_1k_tokens)
-    verdicts = [judge.score(persona.judge.rubric, prompts[r.prompt], t) for r, t in tqdm(
-        list(zip(rows, texts)), desc="LLM judge")]
-    return np.array([v.trait / 100 for v in verdicts])
+    return LLMJudge(cfg.llm_judge_model, cache_root() / "llm_judge", usd_per_1k_tokens=cfg.llm_judge_usd_per_1k_tokens)
+
+
+def _per_prompt_diff(values: np.ndarray, cols: dict, a: tuple[str, float], b: tuple[str, float],
+                     split: str) -> np.ndarray:
+    """Per-prompt mean of `values` under condition a minus under condition b, over prompts that have both."""
+    def means(method, c):
+        m = (cols["method"] == method) & (cols["coef"] == c) & (cols["split"] == split)
+        return {p: float(np.nanmean(values[m & (cols["prompt"] == p)])) for p in np.unique(cols["prompt"][m])}
+
+    x, y = means(*a), means(*b)
+    return np.array([x[p] - y[p] for p in sorted(set(x) & set(y))])
 
 
 def _contrast(lp, lp_rows, method, c, cfg, seed, split):
@@ -208,41 +232,42 @@ def _contrast(lp, lp_rows, method, c, cfg, seed, split):
         if (p % 2 == 0) == (split == "dev"):
             by_pair.setdefault(p, [0.0, 0.0])[k] = lp[i]
     diffs = np.array([v[0] - v[1] for v in by_pair.values()])
-    return stats.bootstrap_ci(diffs, cfg.n_bootstrap, seed)
+    return stats.bca_interval(diffs, cfg.n_bootstrap, seed)
 
 
-def _headline(table, trait, methods, coef_arr, prompt_arr, split_arr, cfg, seed, coefs) -> dict:
-    """Pick the coefficient on the dev half; compare methods on the test half at that coefficient."""
-    dev = [r for r in table if r["split"] == "dev" and r["method"] == "sae_latent" and not r["collapsed"]]
-    if not dev:
-        dev = [r for r in table if r["split"] == "dev" and r["method"] == "sae_latent"]
-    best = max(dev, key=lambda r: r["trait_score"])["coefficient"]
-    test = split_arr == "test"
-    out = {"coefficient": best}
+CONTROLS = ("unsteered", "random_latent", "dense_direction", "system_prompt")
 
-    def per_prompt(method, c):
-        m = test & (methods == method) & (coef_arr == c)
-        return {p: trait[m & (prompt_arr == p)].mean() for p in np.unique(prompt_arr[m])}
 
-    latent = per_prompt("sae_latent", best)
-    for control, c in (("unsteered", 0.0), ("random_latent", best), ("dense_direction", best), ("system_prompt", 0.0)):
-        other = per_prompt(control, c)
-        keys = sorted(set(latent) & set(other))
-        mean, lo, hi = stats.paired_bootstrap_diff(np.array([latent[k] for k in keys]),
-                                                   np.array([other[k] for k in keys]), cfg.n_bootstrap, seed)
-        out[f"vs_{control}"] = {"diff": mean, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0),
-                                "n_prompts": len(keys)}
-    # steerability: slope of trait score on coefficient (unsteered = 0), bootstrap over prompts
-    m = (methods == "sae_latent") | (methods == "unsteered")
-    x, y, g = coef_arr[m], trait[m], prompt_arr[m]
-    rng = np.random.default_rng(seed)
-    uniq = np.unique(g)
+def _headline(table, measures: dict, cols: dict, cfg: SteerConfig, seed: int, coefs, judge_valid: bool) -> dict:
+    """Pick the coefficient on the dev half by the headline score; on the test half compare the latent with
+    each control: per-prompt differences, an exact sign-flip test (one-sided, latent better), Holm across the
+    four comparisons, and a BCa interval. "beats" needs Holm p < 0.05 and a judge that passed validation."""
+    dev = [r for r in table if r["split"] == "dev" and r["method"] == "sae_latent"]
+    best = max(dev, key=lambda r: r["score"])["coefficient"]
+    out = {"coefficient": best, "selected_on": "dev half, headline score (trait x coherence)"}
+    raw = {}
+    for control in CONTROLS:
+        c = 0.0 if control in ("unsteered", "system_prompt") else best
+        d = {name: _per_prompt_diff(v, cols, ("sae_latent", best), (control, c), "test") for name, v in measures.items()}
+        mean, lo, hi = stats.bca_interval(d["score"], cfg.n_bootstrap, seed)
+        raw[control] = stats.sign_flip_p(d["score"], alternative="greater", seed=seed)
+        out[f"vs_{control}"] = {"diff": mean, "ci_low": lo, "ci_high": hi, "p": raw[control],
+                                "n_prompts": len(d["score"]),
+                                "trait_diff": float(np.nanmean(d["trait"])) if len(d["trait"]) else float("nan"),
+                                "coherence_diff": float(np.nanmean(d["coherence"])) if len(d["coherence"])
+                                else float("nan")}
+    adjusted = stats.holm(np.array([raw[c] for c in CONTROLS]))
+    for control, p_holm in zip(CONTROLS, adjusted):
+        h = out[f"vs_{control}"]
+        h["p_holm"] = float(p_holm)
+        h["beats"] = bool(judge_valid and p_holm < 0.05)
+        h["verdict"] = "judge not valid" if not judge_valid else ("beats" if h["beats"] else "no")
+    # steerability: each prompt's least-squares slope of the headline score on the coefficient (0 = unsteered)
     slopes = []
-    for _ in range(cfg.n_bootstrap):
-        pick = rng.choice(uniq, len(uniq))
-        idx = np.concatenate([np.where(g == p)[0] for p in pick])
-        slopes.append(np.polyfit(x[idx], y[idx], 1)[0] if len(np.unique(x[idx])) > 1 else np.nan)
-    slope = np.polyfit(x, y, 1)[0] if len(np.unique(x)) > 1 else float("nan")
-    out["steerability"] = {"slope": float(slope), "ci_low": float(np.nanquantile(slopes, 0.025)),
-                           "ci_high": float(np.nanquantile(slopes, 0.975))}
+    for p in np.unique(cols["prompt"]):
+        m = (cols["prompt"] == p) & ((cols["method"] == "sae_latent") | (cols["method"] == "unsteered"))
+        if len(np.unique(cols["coef"][m])) > 1:
+            slopes.append(np.polyfit(cols["coef"][m], measures["score"][m], 1)[0])
+    mean, lo, hi = stats.bca_interval(np.array(slopes), cfg.n_bootstrap, seed)
+    out["steerability"] = {"slope": mean, "ci_low": lo, "ci_high": hi}
     return out

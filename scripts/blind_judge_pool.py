@@ -1,0 +1,35 @@
+"""Write the blinded view of an unlabelled judge pool: only id, prompt and reply, in shuffled order.
+
+    .venv/bin/python scripts/blind_judge_pool.py <out_dir> [persona ...]
+
+The labeller gets <out_dir>/<persona>.jsonl and the persona's rubric; method, coefficient and latent stay in
+experiments/judge_sets/<persona>.jsonl (docs/judge_validation.md).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+from psm_repro.loading import PROJECT_ROOT
+from psm_repro.outputs import write_jsonl
+from psm_repro.personas import resolve_persona
+
+SETS = PROJECT_ROOT / "experiments" / "judge_sets"
+
+
+def blind(persona: str, out_dir: Path) -> None:
+    rows = [json.loads(x) for x in (SETS / f"{persona}.jsonl").read_text().splitlines() if x.strip()]
+    random.Random(persona).shuffle(rows)
+    write_jsonl(out_dir / f"{persona}.jsonl", [{"id": r["id"], "prompt": r["prompt"], "reply": r["reply"]}
+                                              for r in rows])
+    rubric = resolve_persona(persona, None).judge.rubric
+    (out_dir / f"{persona}.rubric.txt").write_text(rubric + "\n")
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    for name in sys.argv[2:] or sorted(p.stem for p in SETS.glob("*.jsonl")):
+        blind(name, out)

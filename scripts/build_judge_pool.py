@@ -1,0 +1,95 @@
+"""Sample the real replies that the judge validation sets are labelled from (docs/judge_validation.md).
+
+    .venv/bin/python scripts/build_judge_pool.py [persona ...]
+
+For each persona, part a: 32 eval prompts x 3 replies = 96 replies of the embedded default, spread over
+eight conditions (unsteered, system prompt, the finder's top latent at 1/2/4/8x, the dense direction at 4x,
+a matched random latent at 4x), sampled with a seed offset so they are not the sweep's own replies.
+Part b: 32 prompts x 2 replies under a stronger role-play system turn, because the 135M model rarely shows
+a trait on its own (4 of the first 96 secrecy replies did) and an AUROC needs both classes.
+Writes experiments/judge_sets/<persona>.jsonl without labels; a part already written is skipped (delete the
+file to resample). Labels are added by blind reading, never by this script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+
+import torch
+
+from psm_repro.__main__ import compose
+from psm_repro.finder import find_features
+from psm_repro.loading import PROJECT_ROOT, load_model, load_sae
+from psm_repro.outputs import write_jsonl
+from psm_repro.personas import resolve_persona
+from psm_repro.sweep import Row, build_interventions, matched_random_latent, sample_replies, system_prompt
+
+CONDITIONS = [("unsteered", 0.0), ("system_prompt", 0.0), ("sae_latent", 1.0), ("sae_latent", 2.0),
+              ("sae_latent", 4.0), ("sae_latent", 8.0), ("dense_direction", 4.0), ("random_latent", 4.0)]
+PER_PROMPT = 3
+PART_B_PER_PROMPT = 2
+SEED_OFFSET = 7919
+OUT = PROJECT_ROOT / "experiments" / "judge_sets"
+PERSONAS = ["secrecy", "panic", "inner_conflict", "sycophancy", "sarcasm", "toxic_persona", "ai_entity"]
+
+
+def strong_system_prompt(persona) -> str:
+    return f"Your character: {persona.description} Stay in character and show this clearly in your reply."
+
+
+def _row(persona_name, r, prompt, text, cfg, feature, rand, part) -> dict:
+    rid = hashlib.sha256(f"{persona_name}|{part}|{r.prompt}|{r.sample}|{text}".encode()).hexdigest()[:10]
+    return {"id": rid, "persona": persona_name, "part": part, "prompt": prompt, "reply": text, "method": r.method,
+            "coefficient": r.coefficient, "feature": {"sae_latent": feature, "random_latent": rand}.get(r.method),
+            "temperature": cfg.steer.temperature, "top_p": cfg.steer.top_p, "seed": cfg.seed + SEED_OFFSET}
+
+
+def build_part_b(persona_name: str, model, sae, existing: list[dict]) -> None:
+    cfg, _ = compose("run", [f"experiment=steer_{persona_name}"])
+    persona = resolve_persona(cfg.persona, cfg.persona_file)
+    rows = [Row("system_prompt", 0.0, p, k) for p in range(len(persona.prompts)) for k in range(PART_B_PER_PROMPT)]
+    texts, _ = sample_replies(model, sae, {}, persona.prompts, rows, cfg.steer, cfg.seed + SEED_OFFSET + 1,
+                              strong_system_prompt(persona))
+    out = [_row(persona_name, r, persona.prompts[r.prompt], t, cfg, None, None, "b") | {"method": "system_prompt_strong"}
+           for r, t in zip(rows, texts)]
+    write_jsonl(OUT / f"{persona_name}.jsonl", existing + out)
+    print(f"{persona_name}: part b, {len(out)} replies", flush=True)
+
+
+def build(persona_name: str, model, sae) -> None:
+    cfg, _ = compose("run", [f"experiment=steer_{persona_name}"])
+    torch.manual_seed(cfg.seed)
+    persona = resolve_persona(cfg.persona, cfg.persona_file)
+    found = find_features(model, sae, persona, cfg.finder, cfg.seed)
+    feature = found.summary["top_feature"]
+    rand = matched_random_latent(found, sae, feature, cfg.seed, exclude={r["feature"] for r in found.rows[:20]})
+    ivs = build_interventions(sae, found, cfg.steer, feature, rand)
+    prompts = persona.prompts
+    rows = [Row(*CONDITIONS[(PER_PROMPT * p + k) % len(CONDITIONS)], p, k)
+            for p in range(len(prompts)) for k in range(PER_PROMPT)]
+    texts, _ = sample_replies(model, sae, ivs, prompts, rows, cfg.steer, cfg.seed + SEED_OFFSET,
+                              system_prompt(persona))
+    out = [_row(persona_name, r, prompts[r.prompt], t, cfg, feature, rand, "a") for r, t in zip(rows, texts)]
+    write_jsonl(OUT / f"{persona_name}.jsonl", out)
+    print(f"{persona_name}: {len(out)} replies (latent {feature}, random {rand})", flush=True)
+
+
+def main(names: list[str]) -> None:
+    cfg, _ = compose("run", [])
+    model = load_model(cfg.model)
+    sae = load_sae(cfg.sae, model)
+    for name in names or PERSONAS:
+        path = OUT / f"{name}.jsonl"
+        if not path.exists():
+            build(name, model, sae)
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        if any(r.get("part") == "b" for r in rows):
+            print(f"{name}: part b exists, skipped")
+            continue
+        build_part_b(name, model, sae, rows)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

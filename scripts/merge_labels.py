@@ -1,0 +1,51 @@
+"""Join blind reading labels back onto a judge set by reply id (docs/judge_validation.md).
+
+    .venv/bin/python scripts/merge_labels.py <labels.jsonl> <labeller-name>
+
+Each label line is {"id", "trait", "coherent"}; the persona is read from the judge set rows. A label for an
+id that is not in any set, or a set row labelled twice with different values, is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from psm_repro.loading import PROJECT_ROOT
+from psm_repro.outputs import write_jsonl
+
+SETS = PROJECT_ROOT / "experiments" / "judge_sets"
+
+
+def merge(labels_path: Path, labeller: str) -> None:
+    labels = {}
+    for n, line in enumerate(labels_path.read_text().splitlines(), 1):
+        if line.strip():
+            x = json.loads(line)
+            if x["trait"] not in (0, 1) or x["coherent"] not in (0, 1):
+                raise SystemExit(f"{labels_path}:{n}: trait and coherent must be 0 or 1")
+            labels[x["id"]] = x
+    found = set()
+    for path in sorted(SETS.glob("*.jsonl")):
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        changed = False
+        for r in rows:
+            lab = labels.get(r["id"])
+            if lab is None:
+                continue
+            if r.get("trait") is not None and (r["trait"], r["coherent"]) != (lab["trait"], lab["coherent"]):
+                raise SystemExit(f"{path}: reply {r['id']} already labelled differently")
+            r |= {"trait": lab["trait"], "coherent": lab["coherent"], "labeller": labeller}
+            found.add(r["id"])
+            changed = True
+        if changed:
+            write_jsonl(path, rows)
+    missing = sorted(set(labels) - found)
+    if missing:
+        raise SystemExit(f"{labels_path}: {len(missing)} ids match no judge-set reply, e.g. {missing[0]}")
+    print(f"merged {len(found)} labels from {labels_path}")
+
+
+if __name__ == "__main__":
+    merge(Path(sys.argv[1]), sys.argv[2])

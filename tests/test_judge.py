@@ -1,0 +1,111 @@
+"""The persona judges: the `judge` command's input checks and output, the headline score's gate, the
+validity numbers against hand-computed cases."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import mannwhitneyu
+
+from psm_repro.__main__ import main
+from psm_repro.judge import Labelled, Scores, load_labelled, surface_features, word_salad
+from psm_repro.judge_validation import auroc, validity
+from psm_repro.judging import JudgeInputError, read_replies
+
+
+def _write(path, lines):
+    path.write_text("".join(x + "\n" for x in lines))
+    return path
+
+
+@pytest.mark.parametrize("lines, needle", [
+    (['{"prompt": "hi", "reply": "hello"}', '{"prompt": "x", "reply": '], ":2: not valid JSON"),
+    (['{"prompt": "hi"}'], ":1: missing field 'reply'"),
+    (['{"reply": "hi"}'], ":1: missing field 'prompt'"),
+    (['{"prompt": "hi", "reply": 3}'], ":1: field 'reply' must be a string"),
+    (['["prompt", "reply"]'], ":1: expected a JSON object"),
+    ([], "no replies to judge"),
+])
+def test_bad_reply_files_name_the_file_line_and_field(tmp_path, lines, needle):
+    path = _write(tmp_path / "in.jsonl", lines)
+    with pytest.raises(JudgeInputError, match=needle.replace("[", r"\[")) as err:
+        read_replies(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_reply_file_keeps_order_and_extra_fields(tmp_path):
+    path = _write(tmp_path / "in.jsonl", ['{"prompt": "a", "reply": "1", "id": 7}', "",
+                                          '{"prompt": "b", "reply": "2"}'])
+    rows = read_replies(str(path))
+    assert [r["prompt"] for r in rows] == ["a", "b"] and rows[0]["id"] == 7
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["judge.input=/nonexistent/in.jsonl", "judge.output=/tmp/x/out.jsonl"], "judge.input: no such file"),
+    (["judge.output=/tmp/x/out.jsonl"], "judge.input: required"),
+])
+def test_judge_cli_bad_input_is_one_line_and_nonzero(capsys, args, needle):
+    assert main(["judge", "persona=secrecy", *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
+
+
+def test_judge_cli_refuses_to_overwrite_and_names_bad_lines(tmp_path, capsys):
+    good = _write(tmp_path / "in.jsonl", ['{"prompt": "a", "reply": "b"}'])
+    out = _write(tmp_path / "out.jsonl", ["keep me"])
+    assert main(["judge", "persona=secrecy", f"judge.input={good}", f"judge.output={out}"]) == 1
+    assert "exists" in capsys.readouterr().err and out.read_text() == "keep me\n"
+    bad = _write(tmp_path / "bad.jsonl", ['{"prompt": "a", "reply": "b"}', "{oops"])
+    assert main(["judge", "persona=secrecy", f"judge.input={bad}", f"judge.output={tmp_path / 'o2.jsonl'}"]) == 1
+    assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_auroc_matches_the_mann_whitney_statistic():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    s = rng.normal(size=60) + y
+    u = mannwhitneyu(s[y == 1], s[y == 0]).statistic
+    assert auroc(y, s) == pytest.approx(u / ((y == 1).sum() * (y == 0).sum()))
+    assert np.isnan(auroc(np.ones(5), np.arange(5.0)))  # one class: undefined, not an exception
+
+
+def test_headline_is_the_product_so_incoherent_trait_scores_low():
+    s = Scores(trait=np.array([0.9, 0.9, 0.1]), coherence=np.array([0.9, 0.05, 0.9]))
+    assert s.score[0] > 0.5 > s.score[1] and s.score[1] < 0.1 and s.score[2] < 0.1
+
+
+def test_validity_counts_and_agreement_by_hand():
+    own = Labelled(["p"] * 4, ["q"] * 4, ["a", "b", "c", "d"], np.array([1, 1, 0, 0]), np.array([1, 0, 1, 1]),
+                   ["unsteered", "sae_latent", "unsteered", "unsteered"])
+    s = Scores(np.array([0.9, 0.9, 0.2, 0.6]), np.array([0.9, 0.1, 0.9, 0.9]))
+    v = validity(own, s, "embedding", "p")
+    # headline labels 1,0,0,0; scores 0.81, 0.09, 0.18, 0.54 -> the one positive outranks all: AUROC 1
+    assert v.auroc_headline == 1.0 and v.n_headline == 1 and v.n_trait == 2 and v.n_coherent == 3
+    assert v.agreement == 0.75  # 0.81 > 0.5 right; 0.09, 0.18 right; 0.54 > 0.5 is a false positive
+    assert v.unsteered_incoherent == 0.0 and v.valid
+
+
+def test_surface_features_see_loops():
+    loop = surface_features("I'm here, I'm here, I'm here, I'm here, I'm here, I'm here")
+    fine = surface_features("Sure, boiling an egg takes about nine minutes in gently simmering water.")
+    assert loop[1] < 0.5 < fine[1] and loop[2] > fine[2]
+
+
+def test_word_salad_uses_only_the_trait_words():
+    words = {"keep", "it", "secret", "to", "myself"}
+    for s in word_salad(["keep it secret", "to myself"], seed=1, n=20):
+        assert set(s.split()) <= words
+
+
+def test_shipped_judge_sets_are_labelled_and_blind_read(tmp_path):
+    from psm_repro.loading import PROJECT_ROOT
+
+    sets = PROJECT_ROOT / "experiments" / "judge_sets"
+    lab = load_labelled(sets)
+    for persona in ("secrecy", "panic", "inner_conflict", "sycophancy", "sarcasm", "toxic_persona", "ai_entity"):
+        n = sum(p == persona for p in lab.persona)
+        assert n >= 80, f"{persona}: only {n} labelled replies"
+    for path in sets.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            assert r["trait"] in (0, 1) and r["coherent"] in (0, 1) and r["labeller"], path
