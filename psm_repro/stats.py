@@ -1,10 +1,18 @@
-"""Statistics shared by the finder and the steering evaluation: paired permutation tests,
-Benjamini-Hochberg FDR, bootstrap intervals. All vectorised over latents."""
+"""Statistics shared by the finder, the steering evaluation and the EM chain.
+
+scipy/statsmodels do the work (BH-FDR, Holm, BCa bootstrap, sign-flip permutation tests); the one torch
+function kept, `sign_flip_pvalues`, runs the same sign-flip test vectorised over thousands of latents and
+is held equal to `scipy.stats.permutation_test` by tests/test_stats.py.
+"""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
 
 
 def paired_effect(diff_NF: torch.Tensor) -> torch.Tensor:
@@ -20,10 +28,11 @@ def paired_effect(diff_NF: torch.Tensor) -> torch.Tensor:
 
 
 def sign_flip_pvalues(diff_NF: torch.Tensor, n_permutations: int, generator: torch.Generator) -> torch.Tensor:
-    """One-sided p-values (trait > neutral) from a sign-flip permutation test on paired differences.
+    """One-sided p-values (mean difference > 0) from a sign-flip permutation test, one per column.
 
     Swapping the labels of a matched pair flips the sign of its difference, so this is the
-    exact "shuffle the labels within pairs" null. p = (1 + #{null >= observed}) / (1 + n_permutations).
+    exact "shuffle the labels within pairs" null. p = (1 + #{null >= observed}) / (1 + n_permutations),
+    the same randomized p-value as `sign_flip_p` (scipy) when 2**N > n_permutations.
     """
     n = diff_NF.shape[0]
     observed = diff_NF.mean(0)
@@ -43,42 +52,85 @@ def random_sign_flip(diff_NF: torch.Tensor, generator: torch.Generator) -> torch
     return diff_NF * signs
 
 
+def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis)
+
+
+def sign_flip_p(diffs: np.ndarray, alternative: str = "greater", n_resamples: int = 9999, seed: int = 0) -> float:
+    """Paired sign-flip permutation test of mean(diffs) against 0 (`scipy.stats.permutation_test`).
+
+    Exact (all 2**n sign patterns) when 2**n <= n_resamples, randomized otherwise. NaNs are dropped;
+    no finite difference gives NaN.
+    """
+    diffs = np.asarray(diffs, dtype=float)
+    diffs = diffs[np.isfinite(diffs)]
+    if len(diffs) == 0:
+        return float("nan")
+    res = sps.permutation_test((diffs,), _mean, permutation_type="samples", vectorized=True,
+                               n_resamples=n_resamples, alternative=alternative, rng=np.random.default_rng(seed))
+    return float(res.pvalue)
+
+
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """BH q-values (monotone adjusted p-values) for an array of p-values."""
+    """BH q-values (`scipy.stats.false_discovery_control`) for an array of p-values."""
     p = np.asarray(p, dtype=float)
-    n = len(p)
-    if n == 0:
-        return p
-    order = np.argsort(p)
-    ranked = p[order] * n / np.arange(1, n + 1)
-    q = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(q, 1.0)
-    return out
+    return p.copy() if len(p) == 0 else sps.false_discovery_control(p, method="bh")
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-adjusted p-values (family-wise error), via statsmodels' `multipletests`."""
+    p = np.asarray(p, dtype=float)
+    return p.copy() if len(p) == 0 else multipletests(p, method="holm")[1]
+
+
+def group_means(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Mean of `values` per group, in sorted group-id order (`np.unique(groups)`); NaN values are dropped,
+    and a group with no finite value gets NaN (so two arms' group means stay aligned by position)."""
+    values, groups = np.asarray(values, dtype=float), np.asarray(groups)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    keep = np.isfinite(values)
+    sums = np.bincount(inv[keep], weights=values[keep], minlength=len(uniq))
+    counts = np.bincount(inv[keep], minlength=len(uniq))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def bca_interval(values: np.ndarray, n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of `values` and a BCa bootstrap interval for it (`scipy.stats.bootstrap`, method="BCa").
+
+    `values` are the resampling units (per-prompt or per-question means); NaNs are dropped. Fewer than
+    two values or all-equal values give (mean, mean, mean) (no values: NaNs). Where BCa is undefined
+    (degenerate resamples, e.g. a single nonzero rate) the percentile interval is used instead.
+    """
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values.mean())
+    if len(values) < 2 or np.all(values == values[0]):
+        return mean, mean, mean
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            # scipy warns (DegenerateDataWarning, RuntimeWarning) and returns NaN where BCa is undefined
+            warnings.simplefilter("ignore")
+            ci = sps.bootstrap((values,), _mean, n_resamples=n_resamples, vectorized=True, confidence_level=level,
+                               method=method, rng=np.random.default_rng(seed)).confidence_interval
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            return mean, float(ci.low), float(ci.high)
+    return mean, mean, mean
 
 
 def bootstrap_ci(values: np.ndarray, n_bootstrap: int, seed: int, level: float = 0.95,
                  groups: np.ndarray | None = None) -> tuple[float, float, float]:
-    """Mean and percentile bootstrap interval; resamples whole groups (e.g. prompts) when given."""
+    """BCa interval over groups (e.g. prompts): `bca_interval(group_means(values, groups))`.
+
+    With groups, the estimate is the mean of per-group means (each prompt weighs the same).
+    """
     values = np.asarray(values, dtype=float)
-    if groups is None:
-        groups = np.arange(len(values))
-    keep = np.isfinite(values)  # unscorable replies (NaN) are dropped, and counted as missing by the caller
-    values, groups = values[keep], np.asarray(groups)[keep]
-    if len(values) == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    uniq = np.unique(groups)
-    members = [values[groups == g] for g in uniq]
-    sums = np.array([m.sum() for m in members])
-    counts = np.array([len(m) for m in members])
-    idx = rng.integers(0, len(uniq), size=(n_bootstrap, len(uniq)))
-    means = sums[idx].sum(1) / counts[idx].sum(1)
-    alpha = (1 - level) / 2
-    return float(values.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+    return bca_interval(values if groups is None else group_means(values, groups), n_bootstrap, seed, level)
 
 
 def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, n_bootstrap: int, seed: int,
                           groups: np.ndarray | None = None) -> tuple[float, float, float]:
-    """Mean of a - b (paired, same prompts/samples) with a bootstrap interval over groups."""
+    """Mean of a - b (paired, same prompts/samples) with a BCa interval over groups."""
     return bootstrap_ci(np.asarray(a, float) - np.asarray(b, float), n_bootstrap, seed, groups=groups)
