@@ -5,8 +5,10 @@ Method, in order:
    (all text tokens of a narrative, the content tokens of the final assistant turn of a chat).
 2. Aggregate per item (max by default: a trait usually shows in a few tokens of an item, and a
    mean dilutes it with the item's length, which the matched neutral sets only roughly control).
-3. Per latent and per set (narrative, assistant): paired effect size d_z over matched
-   trait/neutral pairs and a one-sided sign-flip permutation p-value.
+3. Tested latents: active on enough of the pooled trait + neutral items of both sets (a rule blind to
+   the labels within pairs, so the sign-flip null holds for them). Per tested latent and per set
+   (narrative, assistant): paired effect size d_z over matched trait/neutral pairs and a one-sided
+   sign-flip permutation p-value.
 4. Shared score = min(narrative effect, assistant effect): high only when both fire.
    Joint p = max of the two p-values (intersection-union test), BH-FDR across tested latents.
 5. Controls: shuffled labels, single-set winners, a dense difference-of-means direction;
@@ -106,11 +108,27 @@ def _set_stats(trait: torch.Tensor, neutral: torch.Tensor, cfg: FinderConfig, ge
     return stats.paired_effect(diff), p, diff
 
 
+def tested_latents(acts: dict[str, ItemActs], min_active_items: int) -> torch.Tensor:
+    """(F,) bool: latents active (> 0) on at least `min_active_items` of the pooled trait + neutral items,
+    in the narrative set and in the assistant set.
+
+    The rule sees only how many items of each pair are active, never which of them is the trait item,
+    so swapping labels within pairs leaves the tested set unchanged: the sign-flip null is the null of
+    the selected latents too. (Selecting on trait items alone favours latents that happened to fire
+    more on trait items, which made the sign-flip p-values and the shuffled chance scores optimistic.)
+    """
+    keep = None
+    for s in ("narrative", "assistant"):
+        n_active = (acts[s].latents_NF > 0).sum(0) + (acts[f"{s}_neutral"].latents_NF > 0).sum(0)
+        ok = n_active >= min_active_items
+        keep = ok if keep is None else keep & ok
+    return keep
+
+
 def rank_latents(acts: dict[str, ItemActs], cfg: FinderConfig, seed: int) -> dict:
-    """Effects, p-values, shared score and q-values for every latent."""
+    """Effects, p-values, shared score and q-values for every latent (tested latents: `tested_latents`)."""
     gen = torch.Generator().manual_seed(seed)
-    active = ((acts["narrative"].latents_NF > 0).sum(0) >= cfg.min_active_items) & \
-             ((acts["assistant"].latents_NF > 0).sum(0) >= cfg.min_active_items)
+    active = tested_latents(acts, cfg.min_active_items)
     n_eff, n_p, n_diff = _set_stats(acts["narrative"].latents_NF, acts["narrative_neutral"].latents_NF,
                                     cfg, gen, active)
     a_eff, a_p, a_diff = _set_stats(acts["assistant"].latents_NF, acts["assistant_neutral"].latents_NF,
@@ -186,7 +204,8 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
 
     half_ranks, top10_overlap = _stability(acts, cfg, seed)
     gen = torch.Generator().manual_seed(seed + 99)
-    null_max = _shuffled_max_scores(full, gen, draws=20)
+    # 200 draws: with 20, the "p95" is the runner-up of 20 and a chance top score beats it ~10% of the time
+    null_max = _shuffled_max_scores(full, gen, draws=200)
     reuse, reuse_null, sig_a, sig_n = _reuse_rate(full, cfg, gen)
     dense = _dense_baseline(acts, seed)
     rows = []
@@ -244,7 +263,10 @@ def _stability(acts: dict[str, ItemActs], cfg: FinderConfig, seed: int) -> tuple
 
 
 def _shuffled_max_scores(full: dict, gen: torch.Generator, draws: int) -> list[float]:
-    """The best shared score over tested latents when each pair's labels are swapped at random."""
+    """The best shared score over tested latents when each pair's labels are swapped at random.
+
+    The tested set is reused as is: `tested_latents` is blind to labels within pairs, so it is also the set
+    the shuffled data would have selected."""
     out = []
     for _ in range(draws):
         s = torch.minimum(stats.paired_effect(stats.random_sign_flip(full["n_diff"], gen)),
