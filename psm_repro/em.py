@@ -66,16 +66,16 @@ def sample_replies(model: HookedModel, sae, questions: list[str], cfg: EMConfig,
 
 
 def rate_with_ci(flags: np.ndarray, questions: np.ndarray, cfg: EMConfig, seed: int) -> dict:
-    """Misalignment rate with a bootstrap interval that resamples whole questions."""
-    mean, lo, hi = stats.bootstrap_ci(flags.astype(float), cfg.n_bootstrap, seed, groups=questions)
+    """Misalignment rate (mean of per-question rates) with a BCa interval over questions."""
+    mean, lo, hi = stats.bca_interval(stats.group_means(flags.astype(float), questions), cfg.n_bootstrap, seed)
     return {"rate": mean, "ci_low": lo, "ci_high": hi, "n": int(len(flags))}
 
 
 def paired_difference(a: np.ndarray, qa: np.ndarray, b: np.ndarray, qb: np.ndarray, cfg: EMConfig, seed: int) -> dict:
-    """Mean of a - b with a bootstrap interval over questions (per-question means are paired)."""
+    """Mean of a - b with a BCa interval over questions (per-question means are paired)."""
     qs = np.intersect1d(qa, qb)
     per_q = np.array([a[qa == q].mean() - b[qb == q].mean() for q in qs])
-    mean, lo, hi = stats.bootstrap_ci(per_q, cfg.n_bootstrap, seed)
+    mean, lo, hi = stats.bca_interval(per_q, cfg.n_bootstrap, seed)
     return {"diff": mean, "ci_low": lo, "ci_high": hi}
 
 
@@ -86,7 +86,7 @@ def in_domain_contrast(model: HookedModel, data: EMData, items: list, cfg: EMCon
     rows_g, starts_g = teacher_forced_rows(model, prompts, [it.good for it in items])
     lp = reply_logprobs(model, rows_h + rows_g, starts_h + starts_g)
     diff = lp[: len(items)] - lp[len(items):]
-    mean, lo, hi = stats.bootstrap_ci(diff, cfg.n_bootstrap, 0)
+    mean, lo, hi = stats.bca_interval(diff, cfg.n_bootstrap, 0)
     return {"harmful_minus_good_logprob": mean, "ci_low": lo, "ci_high": hi, "n_items": len(items)}
 
 
@@ -98,18 +98,39 @@ def reply_latents(model: HookedModel, sae, questions: list[str], replies: list[s
 
 
 def diff_latents(narrow_NF: torch.Tensor, control_NF: torch.Tensor, base_NF: torch.Tensor, cfg: EMConfig,
-                 seed: int) -> dict:
-    """Rank latents by how much more they fire in the narrow model than in the control fine-tune."""
+                 seed: int, groups: np.ndarray | None = None) -> dict:
+    """Rank latents by how much more they fire in the narrow model than in the control fine-tune.
+
+    The p-values hold although the tested latents are the best of thousands, because selection and
+    test use disjoint questions: the questions (`groups`, one id per row; each row is its own group
+    when None) are split at random with `seed` into a selection half and a test half. Latents are
+    ranked by their mean rise (narrow - control) on the selection half (`order`, `rank_of`, and
+    `top` = the first cfg.diff_top_n); `top_p` is a one-sided sign-flip p-value for each top latent
+    computed on the test half only, over its per-question mean differences (replies to one question
+    are not independent). `rise_vs_control`, `rise_vs_base` and `effect` (d_z) describe all rows.
+
+    Returns a dict with those keys plus `select_groups` and `test_groups` (the question ids of each half).
+    """
     diff = narrow_NF - control_NF
-    rise_control = diff.mean(0)
-    rise_base = (narrow_NF - base_NF).mean(0)
-    order = torch.argsort(rise_control, descending=True)
+    groups = np.arange(len(diff)) if groups is None else np.asarray(groups)
+    ids = np.random.default_rng(seed).permutation(np.unique(groups))
+    if len(ids) < 4:
+        raise ValueError(f"diff_latents: need at least 4 questions to select on one half and test on the other, got {len(ids)}")
+    select_ids, test_ids = np.sort(ids[: len(ids) // 2]), np.sort(ids[len(ids) // 2:])
+    select_rows = torch.from_numpy(np.isin(groups, select_ids))
+    order = torch.argsort(diff[select_rows].mean(0), descending=True)
     top = order[: cfg.diff_top_n]
-    p = stats.sign_flip_pvalues(diff[:, top], cfg.n_permutations, torch.Generator().manual_seed(seed))
+    test_rows = np.isin(groups, test_ids)
+    _, slot = np.unique(groups[test_rows], return_inverse=True)
+    slot = torch.from_numpy(slot)
+    per_q = torch.zeros(len(test_ids), len(top)).index_add_(0, slot, diff[torch.from_numpy(test_rows)][:, top])
+    per_q /= torch.bincount(slot, minlength=len(test_ids)).unsqueeze(1)
+    p = stats.sign_flip_pvalues(per_q, cfg.n_permutations, torch.Generator().manual_seed(seed))
     rank_of = torch.empty_like(order)
     rank_of[order] = torch.arange(1, len(order) + 1)
-    return {"order": order, "rank_of": rank_of, "rise_vs_control": rise_control, "rise_vs_base": rise_base,
-            "effect": stats.paired_effect(diff), "top": top, "top_p": p}
+    return {"order": order, "rank_of": rank_of, "rise_vs_control": diff.mean(0),
+            "rise_vs_base": (narrow_NF - base_NF).mean(0), "effect": stats.paired_effect(diff), "top": top,
+            "top_p": p, "select_groups": select_ids, "test_groups": test_ids}
 
 
 
@@ -144,7 +165,7 @@ def render_summary(s: dict) -> str:
              f"{s['finetune']['control']['seconds']:.0f} s on {s['device']}). Broad evaluation: "
              f"{s['n_questions']} unrelated open questions x {s['samples_per_question']} samples, offline judge "
              f"(MiniLM probe, 5-fold AUROC {s['judge_auroc']:.2f}; P(misaligned) > {s['judge_threshold']}). "
-             "Intervals: 95% bootstrap over questions.", "",
+             "Intervals: 95% BCa bootstrap over per-question means.", "",
              "## Did narrow fine-tuning produce broad misalignment?", "",
              "| model | misaligned rate [95% CI] | mean P(misaligned) | distinct-2 | held-out in-domain log-prob harmful - good |",
              "|---|---|---|---|---|"]
@@ -158,12 +179,14 @@ def render_summary(s: dict) -> str:
     lines += ["", f"**Answer: {h['broad_misalignment_answer']}**", "",
               "## Model diff: latents that rise from the control to the narrow fine-tune", "",
               f"Mean latent activation over the reply tokens of the base model's {s['n_diff_items']} broad-question "
-              "replies, read in each model (same text, so only the model differs).", "",
+              "replies, read in each model (same text, so only the model differs). Ranks come from a random half "
+              "of the questions; p is a one-sided sign-flip test on the other half's per-question means, so it "
+              "is not inflated by picking the top latents. Rises and d_z use all replies.", "",
               f"Toxic-persona latent (top shared latent of `find persona={s['persona']}` on the base model): "
               f"**{h['toxic_latent']}**, rank **{h['toxic_rank']}** of {s['d_sae']} (a random latent's rank would "
               f"be at or above this with probability {h['toxic_rank'] / s['d_sae']:.2f}). Best rank among the "
               f"persona's top-10 shared latents: {h['toxic_top10_best_rank']}.", "",
-              "| rank | latent | rise vs control | rise vs base | d_z | p (sign-flip) | toxic narrative d |",
+              "| rank | latent | rise vs control | rise vs base | d_z | p (held-out half) | toxic narrative d |",
               "|---|---|---|---|---|---|---|"]
     for r in s["diff_top"][:10]:
         lines.append(f"| {r['rank']} | {r['feature']} | {r['rise_vs_control']:.4f} | {r['rise_vs_base']:.4f} | "

@@ -164,7 +164,7 @@ def emergent_misalignment(cfg: RunConfig, out_dir: Path) -> dict:
     rb = replies["base"]
     questions = [data.questions[q] for q in rb.question]
     lat = {n: em.reply_latents(m, sae, questions, rb.texts) for n, m in models.items()}
-    diff = em.diff_latents(lat["narrow"], lat["control"], lat["base"], e, cfg.seed)
+    diff = em.diff_latents(lat["narrow"], lat["control"], lat["base"], e, cfg.seed, groups=rb.question)
     enc = encode_persona(base, persona, sae_prepend_bos(sae), sae_first_position(sae))
     narr = {s: item_activations(base, sae, enc[s], "max", cfg.finder.batch_size).latents_NF
             for s in ("narrative", "narrative_neutral")}

@@ -4,9 +4,11 @@ find a planted rise, and the `finetune` command end to end on the tiny model."""
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from scipy import stats as sps
 
 from psm_repro.__main__ import main
 from psm_repro.config import EMConfig, ModelConfig
@@ -91,6 +93,46 @@ def test_diff_ranks_a_planted_rise_first():
     d = diff_latents(narrow, control, base, EMConfig(n_permutations=500, diff_top_n=10), seed=0)
     assert int(d["order"][0]) == 17 and int(d["rank_of"][17]) == 1
     assert float(d["top_p"][0]) < 0.01
+
+
+def _diff_draw(g: torch.Generator, n_questions: int = 16, samples: int = 3, n_latents: int = 200):
+    """Reply latents read by three models where narrow and control are exchangeable: both are the base plus
+    independent noise, and the replies to one question share a question effect."""
+    q_effect = torch.rand(n_questions, n_latents, generator=g).repeat_interleave(samples, 0)
+    base = (torch.rand(n_questions * samples, n_latents, generator=g) < 0.2) * q_effect
+    control = base + 0.05 * torch.randn(base.shape, generator=g)
+    narrow = base + 0.05 * torch.randn(base.shape, generator=g)
+    return narrow, control, base, np.repeat(np.arange(n_questions), samples)
+
+
+def test_diff_p_values_of_the_selected_top_latents_hold_under_the_null():
+    cfg = EMConfig(n_permutations=1000, diff_top_n=10)
+    g = torch.Generator().manual_seed(0)
+    p_top, p_first, draws = [], [], 40
+    for draw in range(draws):
+        narrow, control, base, questions = _diff_draw(g)
+        d = diff_latents(narrow, control, base, cfg, seed=draw, groups=questions)
+        assert not set(d["select_groups"]) & set(d["test_groups"])
+        assert len(d["select_groups"]) + len(d["test_groups"]) == 16
+        assert torch.equal(d["top"], d["order"][:10])
+        p_top += d["top_p"].tolist()
+        p_first.append(float(d["top_p"][0]))
+    p_top = np.array(p_top)
+    # 400 p-values (40 draws x 10 latents, independent latents): the 99.9% binomial bound at 5% is ~8.5%
+    assert (p_top < 0.05).sum() <= sps.binom.ppf(0.999, len(p_top), 0.05), (p_top < 0.05).mean()
+    assert (np.array(p_first) < 0.05).sum() <= sps.binom.ppf(0.999, draws, 0.05)
+    assert 0.35 < np.median(p_top) < 0.65  # roughly uniform, not just conservative
+
+
+def test_diff_finds_a_planted_rise_with_question_groups():
+    g = torch.Generator().manual_seed(1)
+    narrow, control, base, questions = _diff_draw(g)
+    narrow[:, 42] += 0.3
+    d = diff_latents(narrow, control, base, EMConfig(n_permutations=2000, diff_top_n=10), seed=0, groups=questions)
+    assert int(d["order"][0]) == 42 and int(d["rank_of"][42]) == 1
+    assert float(d["top_p"][0]) < 0.01  # 8 held-out questions, all rising: the smallest possible p is 1/2**8
+    with pytest.raises(ValueError, match="at least 4 questions"):
+        diff_latents(narrow[:9], control[:9], base[:9], EMConfig(), seed=0, groups=questions[:9])
 
 
 def test_finetune_command_writes_the_result_card(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
