@@ -100,7 +100,8 @@ class FinderConfig:
     """Sign-flip draws per test; the smallest p is 1/(n+1), so it must be well below alpha / n_tested."""
     fdr_alpha: float = 0.05
     min_active_items: int = 3
-    """Latents active on fewer items than this in the trait sets are not tested."""
+    """Latents active on fewer items than this (trait and neutral items pooled, in each of the narrative and
+    assistant sets) are not tested; pooling keeps the selection blind to the labels, so the sign-flip null holds."""
     top_n: int = 100
     """Rows kept in features.csv."""
     batch_size: int = 16

@@ -113,18 +113,31 @@ class Encoder:
         return np.stack([self.memo[t] for t in texts]) if texts else np.zeros((0, 384))
 
 
+REFERENCE_SEED = "reference_logprobs.json"
+"""Beside the judge sets: the reference LM's log-probs of every labelled reply, so that fitting a judge needs
+no forward pass over them (`scripts/merge_labels.py` refreshes it; delete it to recompute)."""
+
+
 class ReferenceLM:
     """Mean per-token log-prob of a reply after its prompt under the embedded SmolLM2, cached on disk."""
 
-    def __init__(self, model=None):
+    def __init__(self, model=None, seed_file: Path | None = None):
         self._model = model
         from psm_repro.embedded import cache_root
+        from psm_repro.loading import PROJECT_ROOT
 
         self.path = cache_root() / "judge_ref_logprob.json"
-        self.cache = json.loads(self.path.read_text()) if self.path.exists() else {}
+        seed_file = seed_file or PROJECT_ROOT / "experiments" / "judge_sets" / REFERENCE_SEED
+        self.cache = json.loads(seed_file.read_text()) if seed_file.exists() else {}
+        if self.path.exists():
+            self.cache |= json.loads(self.path.read_text())
+
+    @staticmethod
+    def key(prompt: str, reply: str) -> str:
+        return hashlib.sha256(json.dumps([prompt, reply]).encode()).hexdigest()[:20]
 
     def __call__(self, prompts: list[str], replies: list[str]) -> np.ndarray:
-        keys = [hashlib.sha256(json.dumps([p, r]).encode()).hexdigest()[:20] for p, r in zip(prompts, replies)]
+        keys = [self.key(p, r) for p, r in zip(prompts, replies)]
         todo = [i for i, k in enumerate(keys) if k not in self.cache and replies[i].strip()]
         if todo:
             from psm_repro.behaviour import reply_logprobs, teacher_forced_rows

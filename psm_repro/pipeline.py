@@ -56,11 +56,14 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
         feature = cfg.steer.feature if cfg.steer.feature is not None else found.summary["top_feature"]
         if feature is None:
             raise ValueError("no latent passed the finder's activity filter; set steer.feature explicitly")
-        sweep = run_sweep(model, sae, persona, found, cfg.steer, cfg.seed, feature)
+        # the judge's coherence features read the embedded SmolLM2: reuse it when it is the model under test
+        ref = model if cfg.model.source == "embedded" else None
+        sweep = run_sweep(model, sae, persona, found, cfg.steer, cfg.seed, feature, cfg.judge, ref_model=ref)
         write_csv(out_dir / "steering.csv", sweep["table"], STEERING_COLUMNS)
         write_jsonl(out_dir / "samples.jsonl", sweep["samples"])
         report.plot_dose_response(sweep["table"], out_dir / "dose_response.png", persona.name)
         summary["steering"] = {k: v for k, v in sweep.items() if k not in ("table", "samples")}
+        summary["steering"]["table_test"] = [r for r in sweep["table"] if r["split"] == "test"]
         summary["steering"]["mode"] = cfg.steer.mode
         summary["steering"]["positions"] = cfg.steer.positions
     summary["seconds"] = round(time.time() - start, 1)

@@ -29,7 +29,7 @@ def render_summary(summary: dict, rows: list[dict]) -> str:
     lines = [f"# {summary['experiment']}: persona `{summary['persona']}`", "",
              f"Model `{summary['model']}`, SAE `{summary['sae']}` at `{summary['hook']}`, seed {summary['seed']}.", "",
              "## Finder", "",
-             f"{f['latents_tested']} of {f['latents']} latents active on >= 3 trait items in both sets were tested "
+             f"{f['latents_tested']} of {f['latents']} latents active on >= 3 items (trait and neutral pooled) in both sets were tested "
              f"({f['n_pairs']['narrative']} narrative pairs, {f['n_pairs']['assistant']} assistant pairs, "
              f"`{f['aggregation']}` over tokens). {f['significant_shared']} shared latents in the table pass BH-FDR.", "",
              "| rank | latent | shared score | narrative d | assistant d | q | replicates | top tokens |",

@@ -250,7 +250,9 @@ def _headline(table, measures: dict, cols: dict, cfg: SteerConfig, seed: int, co
         c = 0.0 if control in ("unsteered", "system_prompt") else best
         d = {name: _per_prompt_diff(v, cols, ("sae_latent", best), (control, c), "test") for name, v in measures.items()}
         mean, lo, hi = stats.bca_interval(d["score"], cfg.n_bootstrap, seed)
-        raw[control] = stats.sign_flip_p(d["score"], alternative="greater", seed=seed)
+        # exact (all 2^n sign patterns) up to 20 prompts a half; Monte Carlo beyond
+        raw[control] = stats.sign_flip_p(d["score"], alternative="greater", n_resamples=2 ** min(len(d["score"]), 20),
+                                         seed=seed)
         out[f"vs_{control}"] = {"diff": mean, "ci_low": lo, "ci_high": hi, "p": raw[control],
                                 "n_prompts": len(d["score"]),
                                 "trait_diff": float(np.nanmean(d["trait"])) if len(d["trait"]) else float("nan"),

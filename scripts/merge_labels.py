@@ -1,6 +1,7 @@
 """Join blind reading labels back onto a judge set by reply id (docs/judge_validation.md).
 
     .venv/bin/python scripts/merge_labels.py <labels.jsonl> <labeller-name>
+    .venv/bin/python scripts/merge_labels.py --reference-logprobs   # after the last merge
 
 Each label line is {"id", "trait", "coherent"}; the persona is read from the judge set rows. A label for an
 id that is not in any set, or a set row labelled twice with different values, is an error.
@@ -47,5 +48,22 @@ def merge(labels_path: Path, labeller: str) -> None:
     print(f"merged {len(found)} labels from {labels_path}")
 
 
+
+
+def refresh_reference_logprobs() -> None:
+    """Write the reference LM's log-probs of every labelled reply beside the sets (computed where missing)."""
+    from psm_repro.judge import REFERENCE_SEED, ReferenceLM, load_labelled
+
+    lab = load_labelled(SETS)
+    ref = ReferenceLM()
+    values = ref(lab.prompt, lab.reply)
+    keys = [ref.key(p, r) for p, r in zip(lab.prompt, lab.reply)]
+    (SETS / REFERENCE_SEED).write_text(json.dumps(dict(sorted(zip(keys, map(float, values)))), indent=0) + "\n")
+    print(f"wrote {SETS / REFERENCE_SEED} ({len(keys)} replies)")
+
+
 if __name__ == "__main__":
-    merge(Path(sys.argv[1]), sys.argv[2])
+    if sys.argv[1:] == ["--reference-logprobs"]:
+        refresh_reference_logprobs()
+    else:
+        merge(Path(sys.argv[1]), sys.argv[2])
