@@ -1,4 +1,4 @@
-"""Write the blinded view of an unlabelled judge pool: only id, prompt and reply, in shuffled order.
+"""Write the blinded view of a judge set's unlabelled replies: only id, prompt and reply, in shuffled order.
 
     .venv/bin/python scripts/blind_judge_pool.py <out_dir> [persona ...]
 
@@ -22,6 +22,7 @@ SETS = PROJECT_ROOT / "experiments" / "judge_sets"
 
 def blind(persona: str, out_dir: Path) -> None:
     rows = [json.loads(x) for x in (SETS / f"{persona}.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r.get("trait") is None]  # only what is not yet labelled
     random.Random(persona).shuffle(rows)
     write_jsonl(out_dir / f"{persona}.jsonl", [{"id": r["id"], "prompt": r["prompt"], "reply": r["reply"]}
                                               for r in rows])

@@ -7,6 +7,8 @@ eight conditions (unsteered, system prompt, the finder's top latent at 1/2/4/8x,
 a matched random latent at 4x), sampled with a seed offset so they are not the sweep's own replies.
 Part b: 32 prompts x 2 replies under a stronger role-play system turn, because the 135M model rarely shows
 a trait on its own (4 of the first 96 secrecy replies did) and an AUROC needs both classes.
+Part c: 32 prompts x 2 replies after three of the persona's own assistant demonstrations (few-shot: earlier
+turns of the same chat), the strongest elicitation a 135M model follows.
 Writes experiments/judge_sets/<persona>.jsonl without labels; a part already written is skipped (delete the
 file to resample). Labels are added by blind reading, never by this script.
 """
@@ -58,6 +60,32 @@ def build_part_b(persona_name: str, model, sae, existing: list[dict]) -> None:
     print(f"{persona_name}: part b, {len(out)} replies", flush=True)
 
 
+def build_part_c(persona_name: str, model, existing: list[dict]) -> None:
+    import random
+
+    from psm_repro.chat import encode_prompt
+    from psm_repro.steering import generate
+
+    cfg, _ = compose("run", [f"experiment=steer_{persona_name}"])
+    persona = resolve_persona(cfg.persona, cfg.persona_file)
+    rows, ids = [], []
+    for p in range(len(persona.prompts)):
+        for k in range(PART_B_PER_PROMPT):
+            demos = random.Random(f"{persona_name}|{p}|{k}").sample(persona.assistant, 3)
+            turns = [m for chat in demos for m in chat if m["role"] != "system"]
+            ids.append(encode_prompt(model.tokenizer, turns + [{"role": "user", "content": persona.prompts[p]}]))
+            rows.append(Row("few_shot", 0.0, p, k))
+    texts = []
+    for b in range(0, len(ids), 32):
+        out, _ = generate(model, ids[b:b + 32], cfg.steer.max_new_tokens, cfg.steer.temperature,
+                          cfg.seed + SEED_OFFSET + 2 + b, top_p=cfg.steer.top_p)
+        texts += [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
+    out = [_row(persona_name, r, persona.prompts[r.prompt], t, cfg, None, None, "c") for r, t in zip(rows, texts)]
+    path = OUT / f"{persona_name}.jsonl"  # re-read: labels may have been merged while this part generated
+    write_jsonl(path, [json.loads(x) for x in path.read_text().splitlines() if x.strip()] + out)
+    print(f"{persona_name}: part c, {len(out)} replies", flush=True)
+
+
 def build(persona_name: str, model, sae) -> None:
     cfg, _ = compose("run", [f"experiment=steer_{persona_name}"])
     torch.manual_seed(cfg.seed)
@@ -85,10 +113,11 @@ def main(names: list[str]) -> None:
         if not path.exists():
             build(name, model, sae)
         rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        if any(r.get("part") == "b" for r in rows):
-            print(f"{name}: part b exists, skipped")
-            continue
-        build_part_b(name, model, sae, rows)
+        if not any(r.get("part") == "b" for r in rows):
+            build_part_b(name, model, sae, rows)
+            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        if not any(r.get("part") == "c" for r in rows):
+            build_part_c(name, model, rows)
 
 
 if __name__ == "__main__":
