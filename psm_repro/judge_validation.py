@@ -41,6 +41,9 @@ class Validity:
     n_headline: int
     auroc_headline: float
     """Headline score vs the label `trait and coherent`: what every verdict rests on."""
+    auroc_headline_sweep: float
+    """The same, on the replies sampled as a steering sweep samples them (unsteered, system prompt, latent, dense
+    direction, random latent), without the role-play and few-shot replies added for positives."""
     auroc_trait: float
     auroc_coherence: float
     agreement: float
@@ -58,6 +61,9 @@ class Validity:
 
     def as_row(self) -> dict:
         return asdict(self) | {"valid": self.valid}
+
+
+SWEEP_METHODS = ("unsteered", "system_prompt", "sae_latent", "dense_direction", "random_latent")
 
 
 def _folds(prompts: list[str], k: int, seed: int) -> np.ndarray:
@@ -93,10 +99,12 @@ def validity(own: Labelled, scores: Scores, backend: str, persona: str, salad: n
     head = own.headline
     unsteered = np.array([m == "unsteered" for m in own.method], dtype=bool) if own.method else np.zeros(0, bool)
     fluent = scores.score[head == 1]
+    sweep = np.array([m in SWEEP_METHODS for m in own.method], dtype=bool) if own.method else np.zeros(len(head), bool)
     return Validity(
         persona=persona, backend=backend, n=len(own.reply), n_trait=int(own.trait.sum()),
         n_coherent=int(own.coherent.sum()), n_headline=int(head.sum()),
-        auroc_headline=auroc(head, scores.score), auroc_trait=auroc(own.trait, scores.trait),
+        auroc_headline=auroc(head, scores.score), auroc_headline_sweep=auroc(head[sweep], scores.score[sweep]),
+        auroc_trait=auroc(own.trait, scores.trait),
         auroc_coherence=auroc(own.coherent, scores.coherence),
         agreement=float(np.mean((scores.score > 0.5) == (head == 1))) if len(head) else float("nan"),
         unsteered_incoherent=float(1 - own.coherent[unsteered].mean()) if unsteered.any() else float("nan"),
@@ -119,7 +127,8 @@ def llm_scores(own: Labelled, persona: Persona, judge) -> Scores:
     return Scores(np.array([v.trait / 100 for v in verdicts]), np.array([v.coherence / 100 for v in verdicts]))
 
 
-COLUMNS = ["persona", "backend", "n", "n_trait", "n_coherent", "n_headline", "auroc_headline", "auroc_trait",
+COLUMNS = ["persona", "backend", "n", "n_trait", "n_coherent", "n_headline", "auroc_headline", "auroc_headline_sweep",
+           "auroc_trait",
            "auroc_coherence", "agreement", "unsteered_incoherent", "salad_score", "fluent_trait_score", "valid"]
 
 
@@ -127,12 +136,12 @@ def render(rows: list[Validity]) -> str:
     """The validation table in Markdown."""
     from psm_repro.report import _f
 
-    lines = ["| persona | judge | n | trait / coherent / both | AUROC headline | AUROC trait | AUROC coherence | "
-             "agreement | unsteered incoherent | salad vs fluent trait | valid |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| persona | judge | n | trait / coherent / both | AUROC headline | (sweep replies only) | AUROC trait | "
+             "AUROC coherence | agreement | unsteered incoherent | salad vs fluent trait | valid |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in rows:
         lines.append(f"| {v.persona} | {v.backend} | {v.n} | {v.n_trait} / {v.n_coherent} / {v.n_headline} | "
-                     f"{_f(v.auroc_headline, 2)} | {_f(v.auroc_trait, 2)} | {_f(v.auroc_coherence, 2)} | "
+                     f"{_f(v.auroc_headline, 2)} | {_f(v.auroc_headline_sweep, 2)} | {_f(v.auroc_trait, 2)} | {_f(v.auroc_coherence, 2)} | "
                      f"{_f(v.agreement, 2)} | {_f(v.unsteered_incoherent, 2)} | {_f(v.salad_score, 2)} vs "
                      f"{_f(v.fluent_trait_score, 2)} | {'yes' if v.valid else '**no**'} |")
     return "\n".join(lines) + "\n"

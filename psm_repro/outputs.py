@@ -73,7 +73,7 @@ def _fmt(value):
     return value
 
 
-RESULT_FILES = ("features.csv", "steering.csv", "summary.md")
+RESULT_FILES = ("features.csv", "steering.csv", "summary.md", "validity.csv")
 
 
 def claim_run_dir(out_dir: Path) -> Path:
