@@ -81,10 +81,14 @@ def test_run_writes_a_full_result_card_and_is_reproducible(tiny_overrides, tmp_p
         rows = list(csv.DictReader(fh))
     assert {r["method"] for r in rows} == {"unsteered", "system_prompt", "sae_latent", "random_latent",
                                            "dense_direction"}
-    for col in ("method", "feature", "coefficient", "trait_score", "trait_ci_low", "trait_ci_high",
-                "contrast_logprob", "coherence", "n"):
+    for col in ("method", "feature", "coefficient", "score", "score_ci_low", "score_ci_high", "trait_score",
+                "trait_ci_low", "trait_ci_high", "coherence_score", "coherence_ci_low", "coherence_ci_high",
+                "contrast_logprob", "judge_auroc", "judge_valid", "n"):
         assert col in rows[0]
-    assert "latent - random latent" in (a / "summary.md").read_text()
+    card = (a / "summary.md").read_text()
+    assert "latent - random latent" in card
+    # the planted persona has no labelled replies, so its judge is not validated and no cell may say "beats"
+    assert "judge not valid" in card and "**beats**" not in card
 
 
 def test_steer_prints_both_replies_side_by_side(tiny_overrides, capsys):
