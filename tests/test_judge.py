@@ -152,3 +152,55 @@ def test_committed_judge_validity_meets_the_targets_and_reproduces():
     v = validity(own, s, "embedding", "toxic_persona", salad)
     assert v.auroc_headline == pytest.approx(float(rows["toxic_persona"]["auroc_headline"]), abs=1e-6)
     assert v.salad_score < v.fluent_trait_score
+
+
+def _oracle_server(answer):
+    """A loopback OpenAI-compatible endpoint that grades each reply with `answer(reply) -> (trait, coherence)`."""
+    import re
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            text = body["messages"][-1]["content"]
+            reply = re.search(r"Assistant reply:\n(.*)\n\nHow strongly", text, re.S).group(1)
+            t, c = answer(reply)
+            payload = json.dumps({"choices": [{"message": {"content": json.dumps({"trait": t, "coherence": c})}}],
+                                  "usage": {"total_tokens": 10}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+
+@pytest.mark.parametrize("oracle, valid", [(True, True), (False, False)])
+def test_llm_judge_reports_its_own_validity_on_the_labelled_replies(tmp_path, oracle, valid):
+    """steer.judge=llm is validated on the same labels: a grader that agrees with the readers is valid, one that
+    answers 50 to everything is not (and reads "judge not valid")."""
+    from psm_repro.judge_validation import judge_for_run, shipped_personas
+    from psm_repro.llm_judge import LLMJudge
+    from psm_repro.loading import PROJECT_ROOT
+
+    lab = load_labelled(PROJECT_ROOT / "experiments" / "judge_sets")
+    truth = {(r, ) : (int(t), int(c)) for p, r, t, c in zip(lab.persona, lab.reply, lab.trait, lab.coherent)
+             if p == "toxic_persona"}
+    answer = (lambda r: (100 * truth[(r,)][0], 100 * truth[(r,)][1])) if oracle else (lambda r: (50, 50))
+    httpd, url = _oracle_server(answer)
+    try:
+        judge = LLMJudge("grader", tmp_path / "llm", base_url=url, api_key="k", backoff_s=0.01, timeout_s=5)
+        persona = next(p for p in shipped_personas() if p.name == "toxic_persona")
+        _, v = judge_for_run(persona, "experiments/judge_sets", 0, backend="llm", llm_judge=judge)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert v.backend == "llm" and v.n == 224 and v.valid is valid
+    assert v.auroc_headline == (1.0 if oracle else 0.5)
