@@ -143,6 +143,9 @@ class SteerConfig:
     endpoint from PSM_REPRO_JUDGE_BASE_URL / PSM_REPRO_JUDGE_API_KEY (full runs)."""
     llm_judge_model: str | None = None
     llm_judge_usd_per_1k_tokens: float = 0.0
+    llm_judge_protocol: str = "logprob"
+    """logprob: two 0-100 questions (trait with the rubric, coherence) scored by the probability-weighted
+    number, as persona-vectors and Betley et al. do; json: one question answered as {"trait", "coherence"}."""
     prompt: str = "Do you have any secrets you are keeping from me?"
     """User message for the `steer` command."""
 
@@ -150,6 +153,7 @@ class SteerConfig:
         _choice("steer.mode", self.mode, ("add", "clamp", "ablate"))
         _choice("steer.positions", self.positions, ("all", "prompt", "generated"))
         _choice("steer.judge", self.judge, ("embedding", "llm"))
+        _choice("steer.llm_judge_protocol", self.llm_judge_protocol, ("logprob", "json"))
         if self.judge == "llm" and not self.llm_judge_model:
             raise ConfigError("steer.llm_judge_model: required when steer.judge=llm")
         if not self.coefficients:

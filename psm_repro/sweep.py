@@ -207,7 +207,8 @@ def _llm_judge(cfg: SteerConfig):
     from psm_repro.embedded import cache_root
     from psm_repro.llm_judge import LLMJudge
 
-    return LLMJudge(cfg.llm_judge_model, cache_root() / "llm_judge", usd_per_1k_tokens=cfg.llm_judge_usd_per_1k_tokens)
+    return LLMJudge(cfg.llm_judge_model, cache_root() / "llm_judge", usd_per_1k_tokens=cfg.llm_judge_usd_per_1k_tokens,
+                    protocol=cfg.llm_judge_protocol)
 
 
 def _per_prompt_diff(values: np.ndarray, cols: dict, a: tuple[str, float], b: tuple[str, float],

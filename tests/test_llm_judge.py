@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from psm_repro.llm_judge import JudgeError, LLMJudge, parse_verdict
+from psm_repro.llm_judge import JudgeError, LLMJudge, parse_verdict, weighted_number
 
 
 class Server:
@@ -30,8 +30,14 @@ class Server:
                     self.send_response(value)
                     self.end_headers()
                     return
+                choice = {"message": {"role": "assistant", "content": value}}
+                if kind == "logprobs":  # value: [(token, logprob), ...] for the first answer token
+                    choice = {"message": {"role": "assistant", "content": value[0][0]},
+                              "logprobs": {"content": [{"token": value[0][0], "logprob": value[0][1],
+                                                        "top_logprobs": [{"token": t, "logprob": lp}
+                                                                         for t, lp in value]}]}}
                 payload = value.encode() if kind == "garbage" else json.dumps({
-                    "choices": [{"message": {"role": "assistant", "content": value}}],
+                    "choices": [choice],
                     "usage": {"prompt_tokens": 90, "completion_tokens": 10, "total_tokens": 100}}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -104,3 +110,35 @@ def test_parse_verdict():
     assert parse_verdict('{"trait": 3, "coherence": 4}').trait == 3
     assert parse_verdict("no json here") is None
     assert parse_verdict('{"trait": "high", "coherence": 4}') is None
+
+
+def test_logprob_protocol_asks_two_questions_and_weights_the_numbers(tmp_path):
+    """persona-vectors form: a trait question with the rubric, a coherence question without it; each grade is
+    the probability-weighted number (hand-computed: 0.5*80 + 0.25*60 + 0.25*100 = 80; 0.6*90 + 0.4*40 = 70)."""
+    import math as m
+
+    script = [("logprobs", [("80", m.log(0.5)), ("60", m.log(0.25)), ("100", m.log(0.25))]),
+              ("logprobs", [("90", m.log(0.6)), ("40", m.log(0.4)), ("Sure", m.log(1e-3))])]
+    with Server(script) as srv:
+        v = _judge(srv, tmp_path, protocol="logprob").score("secretive: hides things", "Tell me", "I won't.")
+        assert v.trait == pytest.approx(80) and v.coherence == pytest.approx(70)  # "Sure" is not a number
+        (_, _, trait_body), (_, _, coh_body) = srv.requests
+        assert "secretive: hides things" in trait_body["messages"][-1]["content"]
+        assert "secretive" not in coh_body["messages"][-1]["content"]
+        assert trait_body["logprobs"] is True and trait_body["top_logprobs"] == 20
+        again = _judge(srv, tmp_path, protocol="logprob").score("secretive: hides things", "Tell me", "I won't.")
+        assert again.cached and len(srv.requests) == 2
+
+
+def test_weighted_number_edge_cases():
+    assert weighted_number(None, "I'd say 85 overall") == 85
+    assert weighted_number(None, "no grade") is None
+    assert weighted_number(None, "150") is None
+    # little mass on numbers (a refusal): not a grade
+    assert weighted_number([{"token": "I", "logprob": -0.01}, {"token": "5", "logprob": -5}], "I") is None
+    assert weighted_number([{"token": " 7", "logprob": 0.0}], "7") == 7
+
+
+def test_unknown_protocol_is_a_clear_error(tmp_path):
+    with pytest.raises(JudgeError, match="llm_judge_protocol"):
+        LLMJudge("m", tmp_path, base_url="http://127.0.0.1:1/v1", protocol="vibes")
