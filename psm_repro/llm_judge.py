@@ -129,29 +129,21 @@ class LLMJudge:
         body = {"model": self.model, "temperature": 0,
                 "messages": [{"role": "system", "content": SYSTEM},
                              {"role": "user", "content": TEMPLATE.format(rubric=rubric, prompt=prompt, reply=reply)}]}
-        last = "no attempt"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                answer = self._post(body)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as err:
-                last = f"request failed: {err}"
-                continue
-            verdict = parse_verdict(answer.get("content", ""))
-            self._log_usage(answer.get("usage") or {}, ok=verdict is not None)
-            if verdict is None:
-                last = f"unparseable answer: {answer.get('content', '')[:80]!r}"
-                continue
-            write_text(path, json.dumps({"trait": verdict.trait, "coherence": verdict.coherence}))
-            return verdict
-        logger.warning("LLM judge gave no usable answer after %d tries (%s)", self.max_retries + 1, last)
-        return Verdict(math.nan, math.nan)
+        verdict = self._ask(body, lambda a: parse_verdict(a.get("content", "")))
+        if verdict is None:
+            return Verdict(math.nan, math.nan)
+        write_text(path, json.dumps({"trait": verdict.trait, "coherence": verdict.coherence}))
+        return verdict
 
     def _number(self, question: str) -> float:
         """One 0-100 grade: the probability-weighted number over the top log-probs (NaN after every retry)."""
         body = {"model": self.model, "temperature": 0, "max_tokens": 3, "logprobs": True, "top_logprobs": 20,
                 "messages": [{"role": "user", "content": question}]}
+        value = self._ask(body, lambda a: weighted_number(a.get("top_logprobs"), a.get("content", "")))
+        return math.nan if value is None else value
+
+    def _ask(self, body: dict, parse):
+        """POST with retries and backoff until `parse(answer)` gives something; None after every try."""
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -161,13 +153,13 @@ class LLMJudge:
             except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as err:
                 last = f"request failed: {err}"
                 continue
-            value = weighted_number(answer.get("top_logprobs"), answer.get("content", ""))
+            value = parse(answer)
             self._log_usage(answer.get("usage") or {}, ok=value is not None)
             if value is not None:
                 return value
-            last = f"no grade in answer: {answer.get('content', '')[:80]!r}"
-        logger.warning("LLM judge gave no usable grade after %d tries (%s)", self.max_retries + 1, last)
-        return math.nan
+            last = f"unusable answer: {answer.get('content', '')[:80]!r}"
+        logger.warning("LLM judge gave no usable answer after %d tries (%s)", self.max_retries + 1, last)
+        return None
 
     def _post(self, body: dict) -> dict:
         req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
