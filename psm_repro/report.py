@@ -140,6 +140,7 @@ def plot_dose_response(table: list[dict], path: Path, title: str) -> None:
                 xlim=(-0.02, 1.02))
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=6, ncol=2)
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
