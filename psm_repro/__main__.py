@@ -215,11 +215,13 @@ def _print_short_table(summary: dict, run_dir: Path) -> None:
     s = summary.get("steering")
     if s:
         h = s["headline"]
-        print(f"steering at coefficient {h['coefficient']} (test half, judge AUROC {s['judge_auroc']:.2f}):")
+        print(f"steering at coefficient {h['coefficient']} (test half, headline score P(trait) x P(coherent); "
+              f"judge AUROC {s['judge_auroc']:.2f} on labelled real replies):")
         for c in ("unsteered", "random_latent", "dense_direction", "system_prompt"):
             d = h["vs_" + c]
+            word = {"beats": "beats", "no": "does not beat"}.get(d.get("verdict"), d.get("verdict", "?"))
             print(f"  latent - {c:<16} {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
-                  f"  {'beats' if d['beats'] else 'does not beat'}")
+                  f"  Holm p {d.get('p_holm', float('nan')):.3f}  {word}")
     print(f"results in {run_dir}")
 
 

@@ -1,6 +1,7 @@
 """Turning persona items into token ids, with a mask of the tokens that count.
 
-Chats go through the tokenizer's own chat template as token ids; narratives are plain text.
+Chats go through the tokenizer's own chat template as token ids; narratives are plain text. Templates that
+reject system turns (Gemma) get the system text folded into the first user turn.
 The mask marks the tokens a finder should read: every text token of a narrative, and the
 content tokens of the final assistant turn of a chat (never BOS, role headers or end-of-turn).
 """
@@ -27,7 +28,40 @@ def dedupe_bos(ids: list[int], bos_id: int | None) -> list[int]:
     return ids
 
 
+def supports_system(tokenizer) -> bool:
+    """Whether the chat template accepts a system turn (Gemma-2/3's raise "System role not supported")."""
+    from jinja2 import TemplateError
+
+    cached = getattr(tokenizer, "_psm_supports_system", None)
+    if cached is None:
+        try:
+            tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                          tokenize=False)
+            cached = True
+        except TemplateError:
+            cached = False
+        tokenizer._psm_supports_system = cached
+    return cached
+
+
+def fold_system(messages: list[Message]) -> list[Message]:
+    """For templates without a system role: the system text leads the first user turn, as Gemma's docs advise."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, rest = messages[0]["content"], messages[1:]
+    if rest and rest[0]["role"] == "user":
+        return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}] + rest[1:]
+    return [{"role": "user", "content": system}] + rest
+
+
+def system_role_handling(tokenizer) -> str:
+    """What happens to system turns with this tokenizer, for the run manifest."""
+    return "native" if supports_system(tokenizer) else "folded into the first user turn"
+
+
 def _template_ids(tokenizer, messages: list[Message], add_generation_prompt: bool) -> list[int]:
+    if not supports_system(tokenizer):
+        messages = fold_system(messages)
     out = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
     ids = out["input_ids"] if hasattr(out, "keys") else out
     return dedupe_bos(list(ids), tokenizer.bos_token_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from psm_repro import report
-from psm_repro.chat import encode_chat, encode_prompt
+from psm_repro.chat import encode_chat, encode_prompt, system_role_handling
 from psm_repro.config import RunConfig
 from psm_repro.finder import FEATURE_COLUMNS, find_features
 from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, project_path
@@ -67,8 +67,10 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
         summary["steering"]["mode"] = cfg.steer.mode
         summary["steering"]["positions"] = cfg.steer.positions
     summary["seconds"] = round(time.time() - start, 1)
-    write_json(out_dir / "manifest.json", manifest(dataclasses.asdict(cfg), cfg.seed, _data_files(cfg, persona),
-                                                   PROJECT_ROOT))
+    record = manifest(dataclasses.asdict(cfg), cfg.seed, _data_files(cfg, persona), PROJECT_ROOT)
+    if cfg.model.chat:  # Gemma-style templates reject system turns: say what was done with them
+        record["chat_system_role"] = system_role_handling(model.tokenizer)
+    write_json(out_dir / "manifest.json", record)
     write_json(out_dir / "summary.json", summary)
     write_text(out_dir / "summary.md", report.render_summary(summary, found.rows))
     return summary

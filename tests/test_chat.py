@@ -36,3 +36,54 @@ def test_text_mask_skips_positions_the_sae_never_saw(tiny_model):
     tok = tiny_model.tokenizer
     assert encode_text(tok, "the river", prepend_bos=True, first_position=2).mask == [False, False, True]
     assert encode_text(tok, "the river", prepend_bos=False, first_position=1).mask == [False, True]
+
+
+GEMMA_LIKE_TEMPLATE = (  # written from Gemma's documented behaviour: BOS from the template, no system role
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
+
+
+def _gemma_like_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
+    words = "user model Play this role secretive Tell me a secret I won't say it \n".split(" ")
+    vocab = {t: i for i, t in enumerate(specials + sorted(set(words) | {"\n"}))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(pattern="\n", behavior="isolated"),
+                                                 pre_tokenizers.WhitespaceSplit()])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   additional_special_tokens=["<start_of_turn>", "<end_of_turn>"])
+    fast.chat_template = GEMMA_LIKE_TEMPLATE
+    fast.save_pretrained(tmp_path)
+    return PreTrainedTokenizerFast.from_pretrained(tmp_path)
+
+
+def test_templates_without_a_system_role_get_it_folded_into_the_first_user_turn(tmp_path):
+    from psm_repro.chat import encode_chat, encode_prompt, supports_system, system_role_handling
+
+    tok = _gemma_like_tokenizer(tmp_path)
+    assert not supports_system(tok) and system_role_handling(tok) == "folded into the first user turn"
+    msgs = [{"role": "system", "content": "Play this role secretive"}, {"role": "user", "content": "Tell me a secret"}]
+    toks = tok.convert_ids_to_tokens(encode_prompt(tok, msgs))
+    assert toks.count("<bos>") == 1 and toks[:3] == ["<bos>", "<start_of_turn>", "user"]
+    assert toks[-2:] == ["<start_of_turn>", "model"] and toks.count("<start_of_turn>") == 2
+    assert toks.index("secretive") < toks.index("Tell")  # the system text leads the (only) user turn
+    enc = encode_chat(tok, msgs + [{"role": "assistant", "content": "I won't say it"}])
+    assert tok.decode([i for i, m in zip(enc.ids, enc.mask) if m]).split() == ["I", "won't", "say", "it"]
+
+
+def test_templates_with_a_system_role_keep_it(tiny_tokenizer=None):
+    from conftest import CHAT_TEMPLATE
+    from psm_repro.chat import fold_system
+
+    assert "system" in CHAT_TEMPLATE
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    assert fold_system(msgs) == [{"role": "user", "content": "S\n\nU"}]
+    assert fold_system(msgs[1:]) == msgs[1:]

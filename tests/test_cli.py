@@ -85,6 +85,7 @@ def test_run_writes_a_full_result_card_and_is_reproducible(tiny_overrides, tmp_p
                 "trait_ci_low", "trait_ci_high", "coherence_score", "coherence_ci_low", "coherence_ci_high",
                 "contrast_logprob", "judge_auroc", "judge_valid", "n"):
         assert col in rows[0]
+    assert json.loads((a / "manifest.json").read_text())["chat_system_role"] == "native"  # ChatML fixture
     card = (a / "summary.md").read_text()
     assert "latent - random latent" in card
     # the planted persona has no labelled replies, so its judge is not validated and no cell may say "beats"
