@@ -48,6 +48,9 @@ class ModelConfig:
             self.source, self.name = "hub", self.hf_id if default_name else self.name
         elif self.source == "embedded" and self.path:
             self.source, self.name = "path", self.path if default_name else self.name
+        elif self.source == "hub" and self.path:
+            # `model=gemma2_2b_it model.path=/dir`: a local copy of that hub model (the config's name is kept)
+            self.source = "path"
         _choice("model.source", self.source, ("embedded", "hub", "path"))
         _choice("model.device", self.device, ("auto", "cpu", "cuda"))
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))

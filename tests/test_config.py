@@ -39,3 +39,16 @@ def test_bad_overrides_fail_naming_the_key(override, message):
     with pytest.raises(Exception) as err:
         compose("run", [override])
     assert message in str(err.value)
+
+
+def test_a_local_path_for_a_hub_model_config_is_used_not_ignored():
+    cfg, _ = compose("run", ["model=gemma2_2b_it", "model.path=/models/gemma-2-2b-it"])
+    assert cfg.model.source == "path" and cfg.model.path == "/models/gemma-2-2b-it"
+    assert cfg.model.name == "gemma2_2b_it" and cfg.model.dtype == "bfloat16"  # the family's settings stay
+
+
+def test_judge_and_llm_protocol_overrides_are_checked():
+    with pytest.raises(Exception, match="judge.folds"):
+        compose("judge", ["judge.folds=1"])
+    with pytest.raises(Exception, match="llm_judge_protocol"):
+        compose("run", ["steer.llm_judge_protocol=vibes"])
