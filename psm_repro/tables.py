@@ -24,7 +24,9 @@ def _cell(h: dict, key: str) -> str:
     if not d:
         return "n/a"
     word = d.get("verdict") or ("beats" if d["beats"] else "no")
-    return f"{_f(d['diff'], 2)} [{_f(d['ci_low'], 2)}, {_f(d['ci_high'], 2)}] {'**beats**' if word == 'beats' else word}"
+    holm = f" (Holm p {_f(d['p_holm'], 2)})" if "p_holm" in d else ""
+    return (f"{_f(d['diff'], 2)} [{_f(d['ci_low'], 2)}, {_f(d['ci_high'], 2)}] "
+            f"{'**beats**' if word == 'beats' else word}{holm}")
 
 
 def _unsteered(st: dict) -> str:
