@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from psm_repro import stats
-from psm_repro.behaviour import EmbeddingJudge, distinct_n, reply_logprobs, teacher_forced_rows
+from psm_repro.behaviour import distinct_n, reply_logprobs, teacher_forced_rows
 from psm_repro.chat import encode_chat, encode_prompt
 from psm_repro.config import EMConfig
 from psm_repro.em_data import EMData

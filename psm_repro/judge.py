@@ -62,18 +62,10 @@ class Labelled:
 
 def load_labelled(sets_dir: Path) -> Labelled:
     """Every labelled reply under `sets_dir` (rows without both labels are skipped: not yet read)."""
-    rows = []
-    for path in sorted(Path(sets_dir).glob("*.jsonl")):
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-            if r.get("trait") is None or r.get("coherent") is None:
-                continue
-            rows.append(r)
+    from psm_repro.outputs import read_jsonl
+
+    rows = [r for path in sorted(Path(sets_dir).glob("*.jsonl")) for _, r in read_jsonl(path)
+            if r.get("trait") is not None and r.get("coherent") is not None]
     return Labelled([r["persona"] for r in rows], [r["prompt"] for r in rows], [r["reply"] for r in rows],
                     np.array([int(r["trait"]) for r in rows]), np.array([int(r["coherent"]) for r in rows]),
                     [r.get("method", "") for r in rows])

@@ -121,9 +121,9 @@ def pooled(rows: list[tuple[Labelled, Scores]], backend: str) -> Validity:
     return validity(own, s, backend, "pooled")
 
 
-def llm_scores(own: Labelled, persona: Persona, judge) -> Scores:
-    """An LLM judge's 0-100 trait and coherence, rescaled to 0-1, on the labelled replies."""
-    verdicts = [judge.score(persona.judge.rubric, p, r) for p, r in zip(own.prompt, own.reply)]
+def llm_scores(prompts: list[str], replies: list[str], persona: Persona, judge) -> Scores:
+    """An LLM judge's 0-100 trait and coherence, rescaled to 0-1."""
+    verdicts = [judge.score(persona.judge.rubric, p, r) for p, r in zip(prompts, replies)]
     return Scores(np.array([v.trait / 100 for v in verdicts]), np.array([v.coherence / 100 for v in verdicts]))
 
 
@@ -168,8 +168,7 @@ def judge_for_run(persona: Persona, sets_dir, seed: int, folds: int = FOLDS, bac
     own = labelled.subset(np.array([p == persona.name for p in labelled.persona], dtype=bool))
     if backend == "llm":
         def score(prompts, replies):
-            return llm_scores(Labelled([persona.name] * len(replies), prompts, replies, np.zeros(len(replies)),
-                                       np.zeros(len(replies))), persona, llm_judge)
+            return llm_scores(prompts, replies, persona, llm_judge)
         return score, validity(own, score(own.prompt, own.reply), "llm", persona.name)
     others = [p for p in shipped_personas() if p.name != persona.name]
     encoder, ref = Encoder(), ReferenceLM(ref_model)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -12,12 +11,12 @@ from psm_repro.config import RunConfig
 from psm_repro.judge import Encoder, ReferenceLM, load_labelled
 from psm_repro.judge_validation import (COLUMNS, Validity, judge_for_run, llm_scores, out_of_fold, pooled, render,
                                         shipped_personas, validity)
+from psm_repro.llm_judge import judge_from_config
 from psm_repro.loading import project_path
-from psm_repro.outputs import claim_run_dir, write_csv, write_jsonl, write_text
+from psm_repro.outputs import claim_run_dir, read_jsonl, write_csv, write_jsonl, write_text
 from psm_repro.personas import resolve_persona
 
 logger = logging.getLogger(__name__)
-SCORE_FIELDS = ("trait_score", "coherence_score", "score")
 
 
 class JudgeInputError(ValueError):
@@ -32,13 +31,7 @@ def read_replies(path: str | None) -> list[dict]:
     if not file.is_file():
         raise JudgeInputError(f"judge.input: no such file: {path}")
     rows = []
-    for n, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise JudgeInputError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+    for n, obj in read_jsonl(file, JudgeInputError):
         if not isinstance(obj, dict):
             raise JudgeInputError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
         for key in ("prompt", "reply"):
@@ -50,12 +43,6 @@ def read_replies(path: str | None) -> list[dict]:
     if not rows:
         raise JudgeInputError(f"{path}: no replies to judge (the file is empty)")
     return rows
-
-
-def _llm(cfg: RunConfig):
-    from psm_repro.sweep import _llm_judge
-
-    return _llm_judge(cfg.steer)
 
 
 def judge_file(cfg: RunConfig) -> Validity:
@@ -70,7 +57,7 @@ def judge_file(cfg: RunConfig) -> Validity:
     if persona.judge is None:
         raise JudgeInputError(f"{persona.path}: the persona has no 'eval.judge' section, which `judge` needs")
     score, valid = judge_for_run(persona, cfg.judge.sets_dir, cfg.seed, cfg.judge.folds, backend=cfg.steer.judge,
-                                 llm_judge=_llm(cfg) if cfg.steer.judge == "llm" else None)
+                                 llm_judge=judge_from_config(cfg.steer) if cfg.steer.judge == "llm" else None)
     s = score([r["prompt"] for r in rows], [r["reply"] for r in rows])
     write_jsonl(out, [r | {"trait_score": float(a), "coherence_score": float(b), "score": float(a * b)}
                       for r, a, b in zip(rows, s.trait, s.coherence)])
@@ -94,7 +81,7 @@ def validate_judges(cfg: RunConfig, out_dir: Path) -> list[Validity]:
         others = [p for p in personas if p.name != persona.name]
         if cfg.steer.judge == "llm":
             own = labelled.subset(np.array([x == persona.name for x in labelled.persona], dtype=bool))
-            s, salad = llm_scores(own, persona, _llm(cfg)), None
+            s, salad = llm_scores(own.prompt, own.reply, persona, judge_from_config(cfg.steer)), None
         else:
             own, s, salad = out_of_fold(persona, others, labelled, encoder, ref, cfg.seed, cfg.judge.folds)
         v = validity(own, s, cfg.steer.judge, persona.name, salad)

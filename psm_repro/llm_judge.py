@@ -219,3 +219,11 @@ def weighted_number(top_logprobs: list[dict] | None, content: str) -> float | No
     if match and 0 <= int(match.group(1)) <= 100:
         return float(match.group(1))
     return None
+
+
+def judge_from_config(cfg) -> LLMJudge:
+    """The LLM judge a `SteerConfig` asks for (endpoint from the environment, answers cached under the cache root)."""
+    from psm_repro.embedded import cache_root
+
+    return LLMJudge(cfg.llm_judge_model, cache_root() / "llm_judge", usd_per_1k_tokens=cfg.llm_judge_usd_per_1k_tokens,
+                    protocol=cfg.llm_judge_protocol)

@@ -49,6 +49,18 @@ def write_json(path: Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def read_jsonl(path: Path, error: type[Exception] = ValueError) -> list[tuple[int, object]]:
+    """(line number, parsed value) for every non-blank line; a bad line raises `error` naming file and line."""
+    out = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((n, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise error(f"{path}:{n}: not valid JSON ({err.msg})") from None
+    return out
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 

@@ -26,6 +26,7 @@ from psm_repro.config import JudgeConfig, SteerConfig
 from psm_repro.finder import FinderResult
 from psm_repro.hooked import HookedModel
 from psm_repro.judge_validation import judge_for_run
+from psm_repro.llm_judge import judge_from_config
 from psm_repro.memory import rows_that_fit
 from psm_repro.personas import Persona
 from psm_repro.steering import Intervention, generate, steer, steering_vector
@@ -138,7 +139,7 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
     clock = _lap("generation", len(rows), clock)
 
     score, validity = judge_for_run(persona, judge_cfg.sets_dir, seed, judge_cfg.folds, backend=cfg.judge,
-                                    llm_judge=_llm_judge(cfg) if cfg.judge == "llm" else None, ref_model=ref_model)
+                                    llm_judge=judge_from_config(cfg) if cfg.judge == "llm" else None, ref_model=ref_model)
     scored = score([prompts[r.prompt] for r in rows], texts)
     clock = _lap("judge", len(rows), clock)
     ppl = perplexities(model, [prompts[r.prompt] for r in rows], texts)
@@ -190,7 +191,7 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
                     "vector_norm_ratio": norm / resid, "judge_auroc": validity.auroc_headline, "judge": cfg.judge,
                     "judge_valid": validity.valid, "n": int(np.isfinite(scored.score[m]).sum())}
             table.append(row)
-    headline = _headline(table, measures, cols, cfg, seed, coefs, validity.valid)
+    headline = _headline(table, measures, cols, cfg, seed, validity.valid)
     samples = [{"method": r.method, "coefficient": r.coefficient, "prompt": prompts[r.prompt], "sample": r.sample,
                 "split": split_of[r.prompt], "reply": t, "trait_score": float(a), "coherence_score": float(b),
                 "score": float(a * b), "perplexity": float(p)}
@@ -201,14 +202,6 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
             "n_prompts_per_half": {"dev": len(prompts[0::2]), "test": len(prompts[1::2])},
             "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens},
             "steering_vector_norm_ratio": float(steering_vector(sae, ivs["sae_latent"]).norm()) / resid}
-
-
-def _llm_judge(cfg: SteerConfig):
-    from psm_repro.embedded import cache_root
-    from psm_repro.llm_judge import LLMJudge
-
-    return LLMJudge(cfg.llm_judge_model, cache_root() / "llm_judge", usd_per_1k_tokens=cfg.llm_judge_usd_per_1k_tokens,
-                    protocol=cfg.llm_judge_protocol)
 
 
 def _per_prompt_diff(values: np.ndarray, cols: dict, a: tuple[str, float], b: tuple[str, float],
@@ -239,7 +232,7 @@ def _contrast(lp, lp_rows, method, c, cfg, seed, split):
 CONTROLS = ("unsteered", "random_latent", "dense_direction", "system_prompt")
 
 
-def _headline(table, measures: dict, cols: dict, cfg: SteerConfig, seed: int, coefs, judge_valid: bool) -> dict:
+def _headline(table, measures: dict, cols: dict, cfg: SteerConfig, seed: int, judge_valid: bool) -> dict:
     """Pick the coefficient on the dev half by the headline score; on the test half compare the latent with
     each control: per-prompt differences, an exact sign-flip test (one-sided, latent better), Holm across the
     four comparisons, and a BCa interval. "beats" needs Holm p < 0.05 and a judge that passed validation."""

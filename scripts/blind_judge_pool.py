@@ -8,20 +8,19 @@ experiments/judge_sets/<persona>.jsonl (docs/judge_validation.md).
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
 
 from psm_repro.loading import PROJECT_ROOT
-from psm_repro.outputs import write_jsonl
+from psm_repro.outputs import read_jsonl, write_jsonl
 from psm_repro.personas import resolve_persona
 
 SETS = PROJECT_ROOT / "experiments" / "judge_sets"
 
 
 def blind(persona: str, out_dir: Path) -> None:
-    rows = [json.loads(x) for x in (SETS / f"{persona}.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r for _, r in read_jsonl(SETS / f"{persona}.jsonl")]
     rows = [r for r in rows if r.get("trait") is None]  # only what is not yet labelled
     random.Random(persona).shuffle(rows)
     write_jsonl(out_dir / f"{persona}.jsonl", [{"id": r["id"], "prompt": r["prompt"], "reply": r["reply"]}

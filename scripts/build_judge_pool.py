@@ -16,7 +16,6 @@ file to resample). Labels are added by blind reading, never by this script.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 
 import torch
@@ -24,7 +23,7 @@ import torch
 from psm_repro.__main__ import compose
 from psm_repro.finder import find_features
 from psm_repro.loading import PROJECT_ROOT, load_model, load_sae
-from psm_repro.outputs import write_jsonl
+from psm_repro.outputs import read_jsonl, write_jsonl
 from psm_repro.personas import resolve_persona
 from psm_repro.sweep import Row, build_interventions, matched_random_latent, sample_replies, system_prompt
 
@@ -82,7 +81,7 @@ def build_part_c(persona_name: str, model, existing: list[dict]) -> None:
         texts += [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
     out = [_row(persona_name, r, persona.prompts[r.prompt], t, cfg, None, None, "c") for r, t in zip(rows, texts)]
     path = OUT / f"{persona_name}.jsonl"  # re-read: labels may have been merged while this part generated
-    write_jsonl(path, [json.loads(x) for x in path.read_text().splitlines() if x.strip()] + out)
+    write_jsonl(path, [r for _, r in read_jsonl(path)] + out)
     print(f"{persona_name}: part c, {len(out)} replies", flush=True)
 
 
@@ -112,10 +111,10 @@ def main(names: list[str]) -> None:
         path = OUT / f"{name}.jsonl"
         if not path.exists():
             build(name, model, sae)
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        rows = [r for _, r in read_jsonl(path)]
         if not any(r.get("part") == "b" for r in rows):
             build_part_b(name, model, sae, rows)
-            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            rows = [r for _, r in read_jsonl(path)]
         if not any(r.get("part") == "c" for r in rows):
             build_part_c(name, model, rows)
 

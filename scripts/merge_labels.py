@@ -14,22 +14,20 @@ import sys
 from pathlib import Path
 
 from psm_repro.loading import PROJECT_ROOT
-from psm_repro.outputs import write_jsonl
+from psm_repro.outputs import read_jsonl, write_jsonl
 
 SETS = PROJECT_ROOT / "experiments" / "judge_sets"
 
 
 def merge(labels_path: Path, labeller: str) -> None:
     labels = {}
-    for n, line in enumerate(labels_path.read_text().splitlines(), 1):
-        if line.strip():
-            x = json.loads(line)
-            if x["trait"] not in (0, 1) or x["coherent"] not in (0, 1):
-                raise SystemExit(f"{labels_path}:{n}: trait and coherent must be 0 or 1")
-            labels[x["id"]] = x
+    for n, x in read_jsonl(labels_path, SystemExit):
+        if x["trait"] not in (0, 1) or x["coherent"] not in (0, 1):
+            raise SystemExit(f"{labels_path}:{n}: trait and coherent must be 0 or 1")
+        labels[x["id"]] = x
     found = set()
     for path in sorted(SETS.glob("*.jsonl")):
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        rows = [r for _, r in read_jsonl(path)]
         changed = False
         for r in rows:
             lab = labels.get(r["id"])

@@ -79,11 +79,14 @@ def test_templates_without_a_system_role_get_it_folded_into_the_first_user_turn(
     assert tok.decode([i for i, m in zip(enc.ids, enc.mask) if m]).split() == ["I", "won't", "say", "it"]
 
 
-def test_templates_with_a_system_role_keep_it(tiny_tokenizer=None):
-    from conftest import CHAT_TEMPLATE
-    from psm_repro.chat import fold_system
+def test_templates_with_a_system_role_keep_it(tmp_path):
+    from conftest import build_tokenizer
+    from psm_repro.chat import encode_prompt, fold_system, supports_system, system_role_handling
 
-    assert "system" in CHAT_TEMPLATE
-    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
-    assert fold_system(msgs) == [{"role": "user", "content": "S\n\nU"}]
+    tok = build_tokenizer(tmp_path)  # ChatML
+    assert supports_system(tok) and system_role_handling(tok) == "native"
+    msgs = [{"role": "system", "content": "secret"}, {"role": "user", "content": "hello"}]
+    toks = tok.convert_ids_to_tokens(encode_prompt(tok, msgs))
+    assert toks.index("system") < toks.index("secret") < toks.index("user") < toks.index("hello")
+    assert fold_system(msgs) == [{"role": "user", "content": "secret\n\nhello"}]
     assert fold_system(msgs[1:]) == msgs[1:]

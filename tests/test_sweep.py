@@ -33,7 +33,7 @@ def _cols_and_measures(latent_gain: dict[float, float], seed: int = 0, n_prompts
 
 def test_a_planted_effect_beats_every_control_at_the_dev_chosen_coefficient():
     table, measures, cols = _cols_and_measures({1.0: 0.05, 2.0: 0.4})
-    h = _headline(table, measures, cols, SteerConfig(n_bootstrap=999), seed=0, coefs=COEFS, judge_valid=True)
+    h = _headline(table, measures, cols, SteerConfig(n_bootstrap=999), seed=0, judge_valid=True)
     assert h["coefficient"] == 2.0
     for c in CONTROLS:
         d = h[f"vs_{c}"]
@@ -47,7 +47,7 @@ def test_a_planted_effect_beats_every_control_at_the_dev_chosen_coefficient():
 
 def test_a_judge_that_failed_validation_gives_no_verdict():
     table, measures, cols = _cols_and_measures({1.0: 0.4, 2.0: 0.4})
-    h = _headline(table, measures, cols, SteerConfig(n_bootstrap=999), seed=0, coefs=COEFS, judge_valid=False)
+    h = _headline(table, measures, cols, SteerConfig(n_bootstrap=999), seed=0, judge_valid=False)
     assert all(h[f"vs_{c}"]["verdict"] == "judge not valid" and not h[f"vs_{c}"]["beats"] for c in CONTROLS)
 
 
@@ -56,7 +56,7 @@ def test_under_the_null_beats_is_rare():
     hits = 0
     for seed in range(40):
         table, measures, cols = _cols_and_measures({}, seed=seed)
-        h = _headline(table, measures, cols, SteerConfig(n_bootstrap=199), seed=seed, coefs=COEFS, judge_valid=True)
+        h = _headline(table, measures, cols, SteerConfig(n_bootstrap=199), seed=seed, judge_valid=True)
         hits += h["vs_unsteered"]["beats"]
     # one-sided level 0.05 (Holm only makes it stricter): 40 draws at p=0.05 give > 6 hits with prob < 0.05
     assert binomtest(hits, 40, 0.05, alternative="greater").pvalue > 0.01, hits
@@ -64,5 +64,5 @@ def test_under_the_null_beats_is_rare():
 
 def test_a_harmful_latent_does_not_beat():
     table, measures, cols = _cols_and_measures({1.0: -0.2, 2.0: -0.3})
-    h = _headline(table, measures, cols, SteerConfig(n_bootstrap=999), seed=0, coefs=COEFS, judge_valid=True)
+    h = _headline(table, measures, cols, SteerConfig(n_bootstrap=999), seed=0, judge_valid=True)
     assert h["coefficient"] == 1.0 and not h["vs_unsteered"]["beats"] and h["vs_unsteered"]["ci_high"] < 0
