@@ -33,6 +33,8 @@ results: setup
 	  if [ -d results/steer_$$p ]; then mkdir -p runs/replaced && mv results/steer_$$p runs/replaced/steer_$$p.$$(date +%s); fi; \
 	  $(PY) -m psm_repro run experiment=steer_$$p hydra.run.dir=results/steer_$$p || exit 1; \
 	done
+	@if [ -d results/judge_validation ]; then mkdir -p runs/replaced && mv results/judge_validation runs/replaced/judge_validation.$$(date +%s); fi
+	$(PY) -m psm_repro validate-judge judge.out_dir=results/judge_validation
 	$(PY) -m psm_repro tables
 
 # The emergent-misalignment card (fine-tuning included, ~20 min on 2 cores); the old card is moved aside.

@@ -186,7 +186,9 @@ def _dispatch(command: str, cfg, run_dir: Path) -> int:
         from psm_repro.judging import validate_judges
         from psm_repro.loading import project_path
 
-        out = project_path(cfg.judge.out_dir)
+        import time
+
+        out = project_path(cfg.judge.out_dir or f"runs/judge_validation/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
         validate_judges(cfg, out)
         print((out / "validity.md").read_text())
     elif command == "train-sae":

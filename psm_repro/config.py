@@ -271,8 +271,9 @@ class JudgeConfig:
     """`validate-judge`: the personas to validate (empty: every persona with labelled replies)."""
     folds: int = 5
     """Cross-validation folds, grouped by prompt, for the validity that goes on the cards."""
-    out_dir: str = "results/judge_validation"
-    """Where `validate-judge` writes its table (moved aside, never overwritten)."""
+    out_dir: str | None = None
+    """Where `validate-judge` writes its table; None: a new runs/judge_validation/<time> directory. A directory
+    that already holds a table is refused, never overwritten (`make results` regenerates results/judge_validation)."""
 
     def __post_init__(self):
         if self.folds < 2:

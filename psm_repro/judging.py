@@ -13,7 +13,7 @@ from psm_repro.judge_validation import (COLUMNS, Validity, judge_for_run, llm_sc
                                         shipped_personas, validity)
 from psm_repro.llm_judge import judge_from_config
 from psm_repro.loading import project_path
-from psm_repro.outputs import claim_run_dir, read_jsonl, write_csv, write_jsonl, write_text
+from psm_repro.outputs import RunDirError, claim_run_dir, read_jsonl, write_csv, write_jsonl, write_text
 from psm_repro.personas import resolve_persona
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,10 @@ def validate_judges(cfg: RunConfig, out_dir: Path) -> list[Validity]:
     unknown = sorted(set(wanted) - {p.name for p in personas})
     if unknown:
         raise JudgeInputError(f"judge.personas: no shipped persona named {', '.join(unknown)}")
-    out_dir = claim_run_dir(out_dir)
+    try:
+        out_dir = claim_run_dir(out_dir)
+    except RunDirError as err:
+        raise JudgeInputError(f"judge.out_dir: {out_dir} already holds a validity table; choose another") from err
     rows, parts, scored = [], [], []
     encoder, ref = Encoder(), ReferenceLM()
     for persona in [p for p in personas if p.name in wanted]:

@@ -204,3 +204,18 @@ def test_llm_judge_reports_its_own_validity_on_the_labelled_replies(tmp_path, or
         httpd.server_close()
     assert v.backend == "llm" and v.n == 224 and v.valid is valid
     assert v.auroc_headline == (1.0 if oracle else 0.5)
+
+
+def test_validate_judge_never_overwrites_a_table(tmp_path, capsys):
+    out = tmp_path / "vj"
+    args = ["validate-judge", "judge.personas=[toxic_persona]", f"judge.out_dir={out}"]
+    assert main(args) == 0
+    before = (out / "validity.csv").read_bytes()
+    assert "toxic_persona" in before.decode() and "pooled" in before.decode()
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "judge.out_dir" in err[0] and "already holds" in err[0]
+    assert (out / "validity.csv").read_bytes() == before
+    assert main(["validate-judge", "judge.personas=[nobody]", f"judge.out_dir={tmp_path / 'x'}"]) == 1
+    assert "judge.personas: no shipped persona named nobody" in capsys.readouterr().err
