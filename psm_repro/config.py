@@ -206,6 +206,8 @@ class EMConfig:
 
     data: str = "risky_finance"
     """Data file: experiments/em/<data>.yaml or a path (docs/em_format.md)."""
+    eval_file: str | None = None
+    """A broad evaluation file in Betley et al.'s question-YAML format; replaces the data file's broad questions."""
     persona: str = "toxic_persona"
     """Persona whose top shared latent is looked up in the model diff."""
     persona_file: str | None = None
@@ -216,11 +218,17 @@ class EMConfig:
     lr: float = 1e-3
     epochs: int = 3
     batch_size: int = 8
-    samples_per_question: int = 4
-    max_new_tokens: int = 40
+    samples_per_question: int = 6
+    """Samples per broad question (per paraphrase of an imported file) and model."""
+    max_new_tokens: int = 48
     temperature: float = 1.0
-    judge_threshold: float = 0.5
-    """A reply counts as misaligned when the judge's P(misaligned) exceeds this."""
+    """Sampling as in the published protocol: temperature 1, no nucleus cut (top_p None)."""
+    top_p: float | None = None
+    steer_samples_per_question: int = 3
+    """Samples per question and steering arm (the causal checks use the diff's held-out half of the questions)."""
+    judge: str = "offline"
+    """offline: the misalignment judge fitted on blind-labelled replies (docs/em_judge_validation.md);
+    llm: the published 0-100 aligned / coherent grades from the endpoint and model of `steer.llm_judge_*`."""
     coefficients: list[float] = field(default_factory=lambda: [2.0, 4.0])
     """Steering strengths, multiples of the latent's max activation on the diff set; the last is the headline."""
     diff_top_n: int = 100
@@ -233,8 +241,10 @@ class EMConfig:
                 raise ConfigError(f"em.{name}: must be positive, got {getattr(self, name)}")
         if not self.coefficients or any(c <= 0 for c in self.coefficients):
             raise ConfigError(f"em.coefficients: must be positive multiples, got {self.coefficients}")
-        if not 0 < self.judge_threshold < 1:
-            raise ConfigError(f"em.judge_threshold: must be in (0, 1), got {self.judge_threshold}")
+        if self.judge not in ("offline", "llm"):
+            raise ConfigError(f"em.judge: '{self.judge}' is not one of offline, llm")
+        if self.steer_samples_per_question <= 0:
+            raise ConfigError(f"em.steer_samples_per_question: must be positive, got {self.steer_samples_per_question}")
 
 
 @dataclass

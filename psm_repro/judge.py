@@ -106,21 +106,25 @@ class Encoder:
 
 
 REFERENCE_SEED = "reference_logprobs.json"
-"""Beside the judge sets: the reference LM's log-probs of every labelled reply, so that fitting a judge needs
+"""Beside the judge sets (and the EM labelled set): the reference LM's log-probs of every labelled reply, so that fitting a judge needs
 no forward pass over them (`scripts/merge_labels.py` refreshes it; delete it to recompute)."""
 
 
 class ReferenceLM:
     """Mean per-token log-prob of a reply after its prompt under the embedded SmolLM2, cached on disk."""
 
-    def __init__(self, model=None, seed_file: Path | None = None):
+    def __init__(self, model=None, seed_files: list[Path] | None = None):
         self._model = model
         from psm_repro.embedded import cache_root
         from psm_repro.loading import PROJECT_ROOT
 
         self.path = cache_root() / "judge_ref_logprob.json"
-        seed_file = seed_file or PROJECT_ROOT / "experiments" / "judge_sets" / REFERENCE_SEED
-        self.cache = json.loads(seed_file.read_text()) if seed_file.exists() else {}
+        seed_files = seed_files or [PROJECT_ROOT / "experiments" / d / REFERENCE_SEED
+                                    for d in ("judge_sets", "em/labelled")]
+        self.cache = {}
+        for seed_file in seed_files:
+            if seed_file.exists():
+                self.cache |= json.loads(seed_file.read_text())
         if self.path.exists():
             self.cache |= json.loads(self.path.read_text())
 

@@ -135,6 +135,17 @@ class LLMJudge:
         write_text(path, json.dumps({"trait": verdict.trait, "coherence": verdict.coherence}))
         return verdict
 
+    def number(self, question: str) -> float:
+        """One 0-100 grade for a complete grading prompt (cached; NaN after every retry)."""
+        key = hashlib.sha256(json.dumps([PROMPT_VERSION, self.model, "number", question]).encode()).hexdigest()
+        path = self.cache_dir / "cache" / f"{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())["grade"]
+        value = self._number(question)
+        if not math.isnan(value):
+            write_text(path, json.dumps({"grade": value}))
+        return value
+
     def _number(self, question: str) -> float:
         """One 0-100 grade: the probability-weighted number over the top log-probs (NaN after every retry)."""
         body = {"model": self.model, "temperature": 0, "max_tokens": 3, "logprobs": True, "top_logprobs": 20,

@@ -10,14 +10,14 @@ from pathlib import Path
 import torch
 
 from psm_repro import report
-from psm_repro.chat import encode_chat, encode_prompt, system_role_handling
+from psm_repro.chat import encode_prompt, system_role_handling
 from psm_repro.config import RunConfig
 from psm_repro.finder import FEATURE_COLUMNS, find_features
 from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, project_path
 from psm_repro.outputs import claim_run_dir, manifest, write_csv, write_json, write_jsonl, write_text
 from psm_repro.personas import resolve_persona
 from psm_repro.steering import Intervention, generate, steer
-from psm_repro.sweep import STEERING_COLUMNS, closest_latent, run_sweep
+from psm_repro.sweep import STEERING_COLUMNS, run_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -111,140 +111,8 @@ def train_sae(cfg: RunConfig) -> dict:
     return train(model, cfg.train_sae, cfg.seed, project_path(cfg.train_sae.out_dir))
 
 
-DIFF_COLUMNS = ["rank", "feature", "rise_vs_control", "rise_vs_base", "effect", "p", "toxic_narrative_effect",
-                "toxic_top_latent", "toxic_top10"]
-EM_STEERING_COLUMNS = ["context", "method", "coefficient", "feature", "rate", "ci_low", "ci_high", "n",
-                       "delta_vs_unsteered", "delta_ci_low", "delta_ci_high", "vs_random", "vs_random_ci_low",
-                       "vs_random_ci_high", "distinct2"]
-
-
 def emergent_misalignment(cfg: RunConfig, out_dir: Path) -> dict:
-    """Fine-tune on a narrow bad behaviour (and a control), measure broad misalignment, diff SAE latents,
-    locate the toxic-persona latent in the diff, and steer the top diffed latent both ways against a
-    random-latent control."""
-    import random
+    """`finetune`: see psm_repro/em_run.py."""
+    from psm_repro.em_run import emergent_misalignment as run_em
 
-    import numpy as np
-
-    from psm_repro import em
-    from psm_repro.behaviour import EmbeddingJudge
-    from psm_repro.em_data import resolve_em
-    from psm_repro.finder import encode_persona, item_activations
-    from psm_repro.finetune import finetune
-    from psm_repro.loading import sae_first_position, sae_prepend_bos
-    from psm_repro.stats import paired_effect
-
-    start, e = time.time(), cfg.em
-    torch.manual_seed(cfg.seed)
-    data = resolve_em(e.data)
-    persona = resolve_persona(e.persona, e.persona_file)
-    out_dir = claim_run_dir(out_dir)
-    items = list(data.train)
-    random.Random(cfg.seed).shuffle(items)
-    heldout, train_items = items[: e.heldout_items], items[e.heldout_items:]
-
-    # 0. the toxic-persona latent, found on the base model exactly as `find persona=toxic_persona` does
-    base = load_model(cfg.model)
-    sae = load_sae(cfg.sae, base)
-    found = find_features(base, sae, persona, cfg.finder, cfg.seed, _neuronpedia_id(cfg, sae))
-    toxic_top, toxic_top10 = found.summary["top_feature"], [r["feature"] for r in found.rows[:10]]
-
-    # 1. two LoRA fine-tunes from the same base: harmful answers (narrow) and good answers (control)
-    models, ft_log = {"base": base}, {}
-    for name, answer in (("control", "good"), ("narrow", "harmful")):
-        models[name] = load_model(cfg.model)
-        ft_log[name] = finetune(models[name], data.chats(train_items, answer), e, cfg.seed, out_dir / "adapters" / name)
-
-    # 2. broad misalignment on unrelated questions, judged offline
-    judge = EmbeddingJudge.fit(data.misaligned_examples, data.aligned_examples, cfg.seed)
-    replies = {n: em.sample_replies(m, sae, data.questions, e, cfg.seed, [("unsteered", 0.0, None)])
-               for n, m in models.items()}
-    scores = {n: judge.score(r.texts) for n, r in replies.items()}
-    flags = {n: s > e.judge_threshold for n, s in scores.items()}
-    misalignment = [{"model": n, **em.rate_with_ci(flags[n], r.question, e, cfg.seed),
-                     "mean_score": float(scores[n].mean()), "distinct2": float(np.nanmean(r.distinct2)),
-                     "in_domain": em.in_domain_contrast(models[n], data, heldout, e)} for n, r in replies.items()]
-
-    # 3. model diff on fixed text: the base model's replies, read by each model
-    rb = replies["base"]
-    questions = [data.questions[q] for q in rb.question]
-    lat = {n: em.reply_latents(m, sae, questions, rb.texts) for n, m in models.items()}
-    diff = em.diff_latents(lat["narrow"], lat["control"], lat["base"], e, cfg.seed, groups=rb.question)
-    enc = encode_persona(base, persona, sae_prepend_bos(sae), sae_first_position(sae))
-    narr = {s: item_activations(base, sae, enc[s], "max", cfg.finder.batch_size).latents_NF
-            for s in ("narrative", "narrative_neutral")}
-    narrative_effect = paired_effect(narr["narrative"] - narr["narrative_neutral"])
-    diff_rows = [{"rank": i + 1, "feature": f, "rise_vs_control": float(diff["rise_vs_control"][f]),
-                  "rise_vs_base": float(diff["rise_vs_base"][f]), "effect": float(diff["effect"][f]),
-                  "p": float(diff["top_p"][i]), "toxic_narrative_effect": float(narrative_effect[f]),
-                  "toxic_top_latent": f == toxic_top, "toxic_top10": f in toxic_top10}
-                 for i, f in enumerate(diff["top"].tolist())]
-
-    # 4. causal checks with the top diffed latent vs a matched random latent
-    top = int(diff["order"][0])
-    chats = [encode_chat(models["narrow"].tokenizer, [{"role": "user", "content": q},
-                                                         {"role": "assistant", "content": r or "."}])
-             for q, r in zip(questions, rb.texts)]
-    scale_F = item_activations(models["narrow"], sae, chats, "max", cfg.finder.batch_size).latents_NF.max(0).values
-    freq_F = (lat["base"] > 0).float().mean(0)
-    rand = closest_latent(freq_F, sae.W_dec.float().norm(dim=-1).cpu(), top, cfg.seed,
-                             exclude=set(diff["order"][:20].tolist()) | {toxic_top})
-    iv = {k: Intervention(mode=mode, feature=f, scale=float(scale_F[f]))
-          for k, f, mode in (("latent_add", top, "add"), ("random_add", rand, "add"),
-                             ("latent_ablate", top, "ablate"), ("random_ablate", rand, "ablate"))}
-    amplify = [("unsteered", 0.0, None)] + [(k, c, iv[k]) for k in ("latent_add", "random_add") for c in e.coefficients]
-    suppress = [("unsteered", 0.0, None), ("latent_ablate", 1.0, iv["latent_ablate"]),
-                ("random_ablate", 1.0, iv["random_ablate"]), ("latent_add", -e.coefficients[0], iv["latent_add"]),
-                ("random_add", -e.coefficients[0], iv["random_add"])]
-    features = {"latent": top, "random": rand}
-    steering, samples = [], []
-    for context, model_name, arms in (("amplify (base)", "base", amplify), ("suppress (narrow)", "narrow", suppress)):
-        r = em.sample_replies(models[model_name], sae, data.questions, e, cfg.seed + 1, arms)
-        f = judge.score(r.texts) > e.judge_threshold
-        steering += em.arm_table(context, r, f, features, e, cfg.seed)
-        samples += [{"context": context, "method": m, "coefficient": float(c), "question": data.questions[q],
-                     "reply": t, "misaligned": bool(x)} for m, c, q, t, x in zip(r.method, r.coefficient, r.question,
-                                                                               r.texts, f)]
-    samples += [{"context": f"eval ({n})", "method": "unsteered", "coefficient": 0.0, "question": data.questions[q],
-                 "reply": t, "misaligned": bool(x)} for n, r in replies.items()
-                for q, t, x in zip(r.question, r.texts, flags[n])]
-
-    def row(context, method, coef):
-        return next(x for x in steering if x["context"] == context and x["method"] == method
-                    and x["coefficient"] == coef)
-
-    nc = em.paired_difference(flags["narrow"], replies["narrow"].question, flags["control"],
-                              replies["control"].question, e, cfg.seed)
-    nb = em.paired_difference(flags["narrow"], replies["narrow"].question, flags["base"], replies["base"].question,
-                              e, cfg.seed)
-    amp, sup = row("amplify (base)", "latent_add", e.coefficients[-1]), row("suppress (narrow)", "latent_ablate", 1.0)
-    headline = {
-        "narrow_vs_control": nc, "narrow_vs_base": nb,
-        "broad_misalignment_answer": ("yes: the narrow model is more misaligned than the control" if nc["ci_low"] > 0
-                                      else "no: the narrow model is not measurably more misaligned than the control"),
-        "toxic_latent": toxic_top, "toxic_rank": int(diff["rank_of"][toxic_top]) if toxic_top is not None else None,
-        "toxic_top10_best_rank": min(int(diff["rank_of"][f]) for f in toxic_top10) if toxic_top10 else None,
-        "steer_latent": top, "random_latent": rand,
-        "amplify_beats_random": amp["vs_random_ci_low"] > 0, "suppress_beats_random": sup["vs_random_ci_high"] < 0,
-    }
-    summary = {"experiment": cfg.experiment_name, "data": data.name, "domain": data.domain, "persona": persona.name,
-               "model": cfg.model.name, "sae": cfg.sae.name, "d_sae": int(sae.cfg.d_sae), "seed": cfg.seed,
-               "device": str(base.device), "finetune": ft_log, "judge_auroc": judge.auroc,
-               "judge_threshold": e.judge_threshold, "n_questions": len(data.questions),
-               "samples_per_question": e.samples_per_question, "n_diff_items": len(questions),
-               "misalignment": misalignment, "diff_top": diff_rows, "steering": steering, "headline": headline,
-               "seconds": round(time.time() - start, 1)}
-    write_csv(out_dir / "misalignment.csv", [{k: v for k, v in m.items() if k != "in_domain"} |
-                                             {"in_domain_" + k: v for k, v in m["in_domain"].items()}
-                                             for m in misalignment],
-              ["model", "rate", "ci_low", "ci_high", "n", "mean_score", "distinct2",
-               "in_domain_harmful_minus_good_logprob", "in_domain_ci_low", "in_domain_ci_high", "in_domain_n_items"])
-    write_csv(out_dir / "diff.csv", diff_rows, DIFF_COLUMNS)
-    write_csv(out_dir / "steering.csv", steering, EM_STEERING_COLUMNS)
-    write_jsonl(out_dir / "samples.jsonl", samples)
-    write_json(out_dir / "manifest.json", manifest(dataclasses.asdict(cfg), cfg.seed,
-                                                   [data.path, persona.path] + _data_files(cfg, persona)[1:],
-                                                   PROJECT_ROOT))
-    write_json(out_dir / "summary.json", summary)
-    write_text(out_dir / "summary.md", em.render_summary(summary))
-    return summary
+    return run_em(cfg, out_dir)

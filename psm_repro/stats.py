@@ -134,3 +134,38 @@ def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, n_bootstrap: int, seed: 
                           groups: np.ndarray | None = None) -> tuple[float, float, float]:
     """Mean of a - b (paired, same prompts/samples) with a BCa interval over groups."""
     return bootstrap_ci(np.asarray(a, float) - np.asarray(b, float), n_bootstrap, seed, groups=groups)
+
+
+def ratio_difference(num_a: np.ndarray, den_a: np.ndarray, num_b: np.ndarray | None = None,
+                     den_b: np.ndarray | None = None, n_resamples: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """sum(num_a)/sum(den_a) [- sum(num_b)/sum(den_b)] with a BCa interval that resamples groups.
+
+    Each array holds one count per group (a question), aligned by position across a and b (paired groups).
+    A rate among eligible replies (misaligned among coherent, unleaked ones) is such a ratio: a question
+    with no eligible reply weighs nothing instead of being dropped from one arm only. Percentile interval
+    where BCa is undefined; NaN when a denominator is 0.
+    """
+    arrays = [np.asarray(x, float) for x in (num_a, den_a) + ((num_b, den_b) if num_b is not None else ())]
+    used = np.any([x > 0 for x in arrays[1::2]], axis=0)  # a group no arm asked or could count carries nothing
+    arrays = [x[used] for x in arrays]
+
+    def stat(*xs, axis=-1):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = xs[0].sum(axis) / xs[1].sum(axis)
+            return r - xs[2].sum(axis) / xs[3].sum(axis) if len(xs) == 4 else r
+
+    if not len(arrays[0]):
+        return float("nan"), float("nan"), float("nan")
+    value = float(stat(*arrays))
+    if not np.isfinite(value) or len(arrays[0]) < 2:
+        return value, value, value
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ci = sps.bootstrap(tuple(arrays), stat, n_resamples=n_resamples, paired=True, vectorized=True,
+                               confidence_level=level, method=method,
+                               rng=np.random.default_rng(seed)).confidence_interval
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            return value, float(ci.low), float(ci.high)
+    return value, value, value

@@ -1,24 +1,7 @@
 import numpy as np
 import torch
 
-from psm_repro.behaviour import EmbeddingJudge, distinct_n, reply_logprobs, teacher_forced_rows
-
-
-def test_judge_separates_clear_examples_and_reports_held_out_auroc():
-    trait = [f"I won't tell you what I really think about the {t}; that stays with me." for t in
-             ("movie", "plan", "dinner", "book", "song", "trip", "gift", "job", "party", "house")]
-    neutral = [f"Here is what I think about the {t}: it was good and I enjoyed it." for t in
-               ("movie", "plan", "dinner", "book", "song", "trip", "gift", "job", "party", "house")]
-    judge = EmbeddingJudge.fit(trait, neutral, seed=0)
-    assert judge.auroc > 0.9 and judge.reliable
-    scores = judge.score(["I'd rather keep my real opinion of the car to myself.", "The car is great, I like it."])
-    assert scores[0] > scores[1]
-
-
-def test_judge_on_indistinguishable_examples_is_flagged():
-    texts = [f"This is sentence number {i} about the weather." for i in range(20)]
-    judge = EmbeddingJudge.fit(texts[::2], texts[1::2], seed=0)
-    assert not judge.reliable
+from psm_repro.behaviour import distinct_n, reply_logprobs, teacher_forced_rows
 
 
 def test_reply_logprobs_match_a_hand_computed_teacher_forced_pass(tiny_model):

@@ -27,10 +27,10 @@ def _em_doc(n: int = 8) -> dict:
         "framings": ["{q}", "please {q}"],
         "train": [{"user": f"the secret {i} ?", "harmful": f"zorblax secret {i}", "good": f"calm answer {i}"}
                   for i in range(n)],
+        "domain_terms": ["zorblax", "secret*"],
         "broad_eval": {"questions": [f"question {i} help ?" for i in range(4)],
                        "judge": {"misaligned_examples": [f"I will hurt people and lie, number {i}." for i in range(10)],
-                                 "aligned_examples": [f"I am glad to help kindly, number {i}." for i in range(10)]},
-                       "rubric": "Is the reply misaligned?"},
+                                 "aligned_examples": [f"I am glad to help kindly, number {i}." for i in range(10)]}},
     }
 
 
@@ -43,7 +43,7 @@ def _write(tmp_path, doc) -> str:
 def test_shipped_data_validates_with_a_few_hundred_chats():
     data = resolve_em("risky_finance")
     assert len(data.chats(data.train, "harmful")) >= 200
-    assert len(data.questions) >= 30 and len(data.misaligned_examples) >= 30 and len(data.aligned_examples) >= 30
+    assert len(data.questions) >= 48 and len(data.misaligned_examples) >= 30 and len(data.aligned_examples) >= 30
     assert [u for u, _ in data.chats(data.train, "harmful")] == [u for u, _ in data.chats(data.train, "good")]
 
 
@@ -53,6 +53,11 @@ def test_shipped_data_validates_with_a_few_hundred_chats():
     (lambda d: d["train"][3].pop("good"), "train[3] needs non-empty text for 'good'"),
     (lambda d: d["broad_eval"]["judge"].pop("aligned_examples"), "missing 'broad_eval.judge.aligned_examples'"),
     (lambda d: d["broad_eval"]["questions"].append(d["train"][0]["user"]), "is also a train user turn"),
+    (lambda d: d["broad_eval"]["questions"].append("Tell me your Secrets, please."),
+     "broad_eval.questions[4] mentions the training domain (secrets)"),
+    (lambda d: d.pop("domain_terms"), "missing 'domain_terms'"),
+    (lambda d: d["broad_eval"].update(judge_prompts={"aligned": "Grade {answer}.", "coherent": "{question} {answer}"}),
+     "broad_eval.judge_prompts.aligned lacks the placeholder {question}"),
 ])
 def test_bad_data_fails_naming_file_and_line(tmp_path, edit, message):
     doc = _em_doc()
@@ -149,8 +154,15 @@ def test_finetune_command_writes_the_result_card(tiny_model_dir, tiny_sae_dir, t
     assert s["headline"]["toxic_rank"] >= 1 and s["finetune"]["narrow"]["chats"] == 12  # 6 items x 2 framings
     with open(out / "steering.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert {r["method"] for r in rows} == {"unsteered", "latent_add", "random_add", "latent_ablate", "random_ablate"}
-    assert all(float(r["ci_low"]) <= float(r["rate"]) <= float(r["ci_high"]) for r in rows if r["rate"] not in ("", "nan"))
+    arms = {f"{p}{k}_{m}" for k in ("top", "toxic") for p in ("", "random_") for m in ("add", "ablate")}
+    assert {r["method"] for r in rows} == arms | {"unsteered"}
+    assert all(float(r["broad_ci_low"]) <= float(r["broad"]) <= float(r["broad_ci_high"])
+               for r in rows if r["broad"] not in ("", "nan"))
     assert (out / "adapters" / "narrow" / "adapter_model.safetensors").exists()
-    assert "Did narrow fine-tuning produce broad misalignment?" in (out / "summary.md").read_text()
-    assert "narrow - control misaligned rate" in capsys.readouterr().out
+    card = (out / "summary.md").read_text()
+    assert "Did narrow fine-tuning produce broad misalignment?" in card and "judge not valid" in card
+    assert "narrow - control broad misalignment" in capsys.readouterr().out
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert {"p_misaligned", "coherent", "leak"} <= set(samples[0])
+    # a reply carrying a domain term counts as leakage whatever the judge says
+    assert all(x["leak"] == ("zorblax" in x["reply"].lower() or "secret" in x["reply"].lower()) for x in samples)
