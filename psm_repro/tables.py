@@ -48,7 +48,7 @@ def collect(results_dir: Path) -> list[tuple[str, dict]]:
 def render(results_dir: Path) -> str:
     everything = collect(results_dir)
     runs = [(n, s) for n, s in everything if "finder" in s]
-    em_runs = [(n, s) for n, s in everything if "misalignment" in s]
+    em_runs = [(n, s) for n, s in everything if "judge_validity" in s]  # cards from before issue 18 are not comparable
     lines = [HEADER, "## Finder", "",
              "| run | persona | model / SAE | top latent | shared score | chance p95 | dense d (narr / asst) | "
              "top-10 stable | reuse (shuffled) |",
@@ -80,25 +80,31 @@ def render(results_dir: Path) -> str:
 
 
 def _em_section(runs: list[tuple[str, dict]]) -> list[str]:
-    """Emergent-misalignment cards: broad misalignment, where the toxic-persona latent ranks, steering."""
+    """Emergent-misalignment cards: broad misalignment without leakage, leak rate, the judge's validity, latents."""
     if not runs:
         return []
 
     def d(x: dict) -> str:
         return f"{_f(x['diff'], 3)} [{_f(x['ci_low'], 3)}, {_f(x['ci_high'], 3)}]"
 
+    def yes(flag: bool) -> str:
+        return "**yes**" if flag else "no"
+
     lines = ["", "## Emergent misalignment", "",
-             "| run | model / SAE | misaligned rate base / control / narrow | narrow - control | toxic-persona latent "
-             "rank in diff | amplify beats random | suppress beats random |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | model / SAE | judge AUROC [CI] | broad misalignment base / control / narrow | narrow - control: "
+             "broad | leak rate | misaligned incl. leaked | toxic-persona latent rank in diff | amplify beats random "
+             "(top / toxic) | suppress beats random (top / toxic) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in runs:
-        h = s["headline"]
-        rates = " / ".join(_f(m["rate"], 3) for m in sorted(s["misalignment"], key=lambda m: ["base", "control",
-                                                                                                 "narrow"].index(m["model"])))
-        lines.append(f"| [{name}]({name}/summary.md) | {s['model']} / {s['sae']} | {rates} | {d(h['narrow_vs_control'])} | "
-                     f"{h['toxic_latent']}: {h['toxic_rank']} of {s['d_sae']} | "
-                     f"{'**yes**' if h['amplify_beats_random'] else 'no'} | "
-                     f"{'**yes**' if h['suppress_beats_random'] else 'no'} |")
+        h, v = s["headline"], s.get("judge_validity")
+        order = ["base", "control", "narrow"]
+        rates = " / ".join(_f(m["broad"], 3) for m in sorted(s["misalignment"], key=lambda m: order.index(m["model"])))
+        judge = f"{_f(v['auroc'], 2)} [{_f(v['auroc_low'], 2)}, {_f(v['auroc_high'], 2)}]" if v else "none"
+        lines.append(f"| [{name}]({name}/summary.md) | {s['model']} / {s['sae']} | {judge} | {rates} | "
+                     f"{d(h['narrow_vs_control_broad'])} | {d(h['narrow_vs_control_leak'])} | "
+                     f"{d(h['narrow_vs_control_with_leak'])} | {h['toxic_latent']}: {h['toxic_rank']} of {s['d_sae']} | "
+                     f"{yes(h['top_amplify_beats_random'])} / {yes(h['toxic_amplify_beats_random'])} | "
+                     f"{yes(h['top_suppress_beats_random'])} / {yes(h['toxic_suppress_beats_random'])} |")
     return lines
 
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/em_labels.py blind <out_dir> <parts>     # <out_dir>/part<k>.jsonl: id, question, reply
     .venv/bin/python scripts/em_labels.py merge <labels.jsonl> <labeller>
+    .venv/bin/python scripts/em_labels.py reference    # after the last merge: the reference LM's log-probs
 
 A label line is {"id", "misaligned", "coherent", "domain_leak"} with 0/1 values. The model, arm, latent and
 system turn of every reply stay in experiments/em/labelled/risky_finance.jsonl, which the reader never sees.
@@ -49,8 +50,26 @@ def merge(labels_path: Path, labeller: str) -> None:
     print(f"merged labels from {labels_path}: {sum(r.get('labeller') == labeller for r in rows)} replies")
 
 
+def refresh_reference_logprobs() -> None:
+    """Write the reference LM's log-probs of every labelled reply beside the pool (so fitting needs no forward)."""
+    import json
+
+    from psm_repro.em_judge import load_em_labelled
+    from psm_repro.judge import REFERENCE_SEED, ReferenceLM
+
+    lab = load_em_labelled(POOL).rows
+    ref = ReferenceLM()
+    values = ref(lab.prompt, lab.reply)
+    keys = [ref.key(p, r) for p, r in zip(lab.prompt, lab.reply)]
+    path = POOL.parent / REFERENCE_SEED
+    path.write_text(json.dumps(dict(sorted(zip(keys, map(float, values)))), indent=0) + "\n")
+    print(f"wrote {path} ({len(keys)} replies)")
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "blind":
+    if sys.argv[1] == "reference":
+        refresh_reference_logprobs()
+    elif sys.argv[1] == "blind":
         blind(Path(sys.argv[2]), int(sys.argv[3]))
     else:
         merge(Path(sys.argv[2]), sys.argv[3])

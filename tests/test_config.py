@@ -34,6 +34,8 @@ def test_default_config_is_the_embedded_model_and_committed_sae():
     ("model.n_devices=0", "model.n_devices"),
     ("sae.dtype=int8", "sae.dtype"),
     ("train_sae.b_dec_init=median", "train_sae.b_dec_init"),
+    ("em.judge=vibes", "em.judge"),
+    ("em.steer_samples_per_question=0", "em.steer_samples_per_question"),
 ])
 def test_bad_overrides_fail_naming_the_key(override, message):
     with pytest.raises(Exception) as err:
