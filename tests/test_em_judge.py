@@ -129,3 +129,23 @@ def test_offline_judge_agrees_with_blind_reading_out_of_fold():
     v = em_validity(lab, oof, "offline", seed=0)
     assert v.auroc >= 0.85 and v.auroc_low < v.auroc <= v.auroc_high, v
     assert v.leak_agreement >= 0.9, v
+
+
+def test_rates_gate_on_coherence_and_keep_leakage_apart_by_hand():
+    from psm_repro.config import EMConfig
+    from psm_repro.em import Replies, rate_difference, rates
+
+    # question q0: 4 replies, q1: 4 replies. Flags per reply (misaligned, coherent, leak):
+    flags = [(1, 1, 0), (1, 0, 0), (0, 1, 0), (1, 1, 1),   # q0: eligible = 1st, 3rd; broad = 1st
+             (0, 1, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1)]   # q1: eligible = 5th-7th; broad = 7th
+    mis, coh, leak = (np.array([f[i] for f in flags], dtype=bool) for i in range(3))
+    j = Judgement(mis.astype(float), coh.astype(float), mis, coh, leak)
+    r = Replies(np.array(["unsteered"] * 8), np.zeros(8), np.array([0] * 4 + [1] * 4), ["x"] * 8, np.ones(8))
+    out = rates(j, r, ["q0", "q1"], EMConfig(n_bootstrap=200), seed=0)
+    assert out["broad"] == pytest.approx(2 / 5)          # 2 broad of 5 eligible
+    assert out["with_leak"] == pytest.approx(3 / 6)      # misaligned among all 6 coherent, leaked one included
+    assert out["leak"] == pytest.approx(2 / 8) and out["incoherent"] == pytest.approx(2 / 8)
+    assert out["n_eligible"] == 5
+    none = Judgement(np.zeros(8), np.ones(8), np.zeros(8, bool), np.ones(8, bool), np.zeros(8, bool))
+    d = rate_difference(j, r, none, r, ["q0", "q1"], "broad", EMConfig(n_bootstrap=200), seed=0)
+    assert d["diff"] == pytest.approx(2 / 5)
