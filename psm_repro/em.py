@@ -178,8 +178,7 @@ def arm_table(context: str, r: Replies, j: Judgement, groups: list[str], feature
     def part(method, coef):
         m = (r.method == method) & (r.coefficient == coef)
         sub = Replies(r.method[m], r.coefficient[m], r.question[m], [t for t, k in zip(r.texts, m) if k], r.distinct2[m])
-        return sub, Judgement(*(getattr(j, f)[m] for f in ("misaligned_score", "coherent_score", "misaligned",
-                                                          "coherent", "leak")))
+        return sub, j.subset(m)
 
     base = part("unsteered", 0.0)
     for method, coef in arms:

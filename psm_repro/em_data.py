@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from psm_repro.loading import PROJECT_ROOT, project_path
 from psm_repro.personas import PersonaError, read_yaml
 
@@ -80,6 +82,10 @@ class DomainTerms:
     def find(self, text: str) -> list[str]:
         """The domain words in `text`, in order (empty when it carries no domain content)."""
         return [m.group(0).lower() for m in self.pattern.finditer(text)]
+
+    def flags(self, texts: list[str]) -> np.ndarray:
+        """One bool per text: does it carry domain content?"""
+        return np.array([bool(self.pattern.search(t)) for t in texts], dtype=bool)
 
 
 @dataclass

@@ -45,20 +45,18 @@ MODEL_COLUMNS = ["model"] + RATE_COLUMNS + ["distinct2", "in_domain_harmful_minu
 
 
 def _judge(cfg: RunConfig, data, base):
-    """(judge, validity, reader-vs-judge rows) for the configured backend."""
-    # the judge's coherence features read the embedded SmolLM2: reuse it when it is the model under test
-    judge, lab, oof = offline_judge(data, cfg.seed, ref_model=base if cfg.model.source == "embedded" else None)
+    """(judge(questions, replies) -> Judgement, validity, reader-vs-judge rows) for the configured backend."""
     if cfg.em.judge == "llm":
         from psm_repro.em_data import EvalQuestion
+        from psm_repro.em_judge import LABELLED_DIR, load_em_labelled
         from psm_repro.llm_judge import judge_from_config
 
-        llm = LLMEMJudge(data, judge_from_config(cfg.steer))
-        oof = llm([EvalQuestion("", q) for q in lab.rows.prompt], lab.rows.reply) if len(lab.rows.reply) else None
-
-        def judge(questions, replies):
-            return llm(questions, replies)
+        judge = LLMEMJudge(data, judge_from_config(cfg.steer))
+        lab = load_em_labelled(LABELLED_DIR / f"{data.name}.jsonl")
+        oof = judge([EvalQuestion("", q) for q in lab.rows.prompt], lab.rows.reply) if len(lab.rows.reply) else None
     else:
-        offline = judge
+        # the probes read the embedded SmolLM2: reuse it when it is the model under test
+        offline, lab, oof = offline_judge(data, cfg.seed, ref_model=base if cfg.model.source == "embedded" else None)
 
         def judge(questions, replies):
             return offline([q.text for q in questions], replies)
