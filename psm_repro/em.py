@@ -198,7 +198,9 @@ def arm_table(context: str, r: Replies, j: Judgement, groups: list[str], feature
 
 def _ci(v: float, lo: float, hi: float, signed: bool = False) -> str:
     f = "{:+.3f}" if signed else "{:.3f}"
-    return "n/a" if not np.isfinite(v) else f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
+    if not np.isfinite(v):
+        return "n/a"
+    return f"{f.format(v)} [no interval]" if not np.isfinite(lo) else f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
 
 
 def _rate(r: dict, m: str) -> str:
@@ -275,18 +277,20 @@ def render_summary(s: dict) -> str:
               "each random latent is matched in firing frequency and decoder norm, steered at the same strength. "
               "Amplify: base model, add (strength in multiples of the latent's max activation). Suppress: narrow "
               "model, ablate (clamp to 0, SAE error kept) and add with a negative coefficient.", "",
-              "| context | arm | coef | broad misalignment [CI] | vs unsteered | latent - random | leak | incoherent |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| context | arm | coef | broad misalignment [CI] | vs unsteered | latent - random | eligible / n | leak | "
+              "incoherent |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in s["steering"]:
         vr = _ci(r["vs_random"], r["vs_random_ci_low"], r["vs_random_ci_high"], True) if "vs_random" in r else ""
         lines.append(f"| {r['context']} | {r['method']} | {r['coefficient']} | {_rate(r, 'broad')} | "
                      f"{_ci(r['delta_vs_unsteered'], r['delta_ci_low'], r['delta_ci_high'], True)} | {vr} | "
-                     f"{r['leak']:.2f} | {r['incoherent']:.2f} |")
+                     f"{r['n_eligible']} / {r['n']} | {r['leak']:.2f} | {r['incoherent']:.2f} |")
     yn = {True: "yes", False: "no"}
     lines += ["", f"Amplify beats its random latent: top diffed **{yn[h['top_amplify_beats_random']]}**, toxic-persona "
               f"**{yn[h['toxic_amplify_beats_random']]}**. Suppress (ablate) beats its random latent: top diffed "
               f"**{yn[h['top_suppress_beats_random']]}**, toxic-persona **{yn[h['toxic_suppress_beats_random']]}** "
-              "(interval of latent - random excluding 0, at the strongest coefficient; no verdict without a valid judge).",
+              "(interval of latent - random excluding 0, at the strongest coefficient; no verdict without a valid judge, nor "
+              "where fewer than two questions have an eligible reply).",
               "", f"Run time {s['seconds']:.0f} s. Files: misalignment.csv, diff.csv, steering.csv, samples.jsonl (every "
               "reply with its judge scores), manifest.json; LoRA adapters (safetensors) in the run directory's "
               "adapters/ (not committed)."]

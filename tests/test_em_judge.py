@@ -77,6 +77,10 @@ def test_ratio_rate_and_difference_by_hand():
     assert d == pytest.approx(6 / 10 - 2 / 10) and lo <= d <= hi
     assert ratio_difference(np.array([1, 2]), np.array([3, 3]), np.array([1, 2]), np.array([3, 3]),
                             n_resamples=200) == (0.0, 0.0, 0.0)
+    # one question with eligible replies in either arm cannot be resampled: no interval, so no verdict
+    d, lo, hi = ratio_difference(np.array([1, 0, 0]), np.array([4, 0, 0]), np.array([0, 0, 0]), np.array([3, 0, 0]),
+                                 n_resamples=200)
+    assert d == 0.25 and math.isnan(lo) and math.isnan(hi)
 
 
 def test_ratio_difference_interval_covers_the_true_difference():
