@@ -144,7 +144,8 @@ def ratio_difference(num_a: np.ndarray, den_a: np.ndarray, num_b: np.ndarray | N
     Each array holds one count per group (a question), aligned by position across a and b (paired groups).
     A rate among eligible replies (misaligned among coherent, unleaked ones) is such a ratio: a question
     with no eligible reply weighs nothing instead of being dropped from one arm only. Percentile interval
-    where BCa is undefined; a NaN interval when fewer than two questions count (no verdict can rest on it);
+    where BCa is undefined; a NaN interval when either rate rests on fewer than two questions (no verdict can
+    rest on it);
     NaN throughout when a denominator is 0.
     """
     arrays = [np.asarray(x, float) for x in (num_a, den_a) + ((num_b, den_b) if num_b is not None else ())]
@@ -159,8 +160,8 @@ def ratio_difference(num_a: np.ndarray, den_a: np.ndarray, num_b: np.ndarray | N
     if not len(arrays[0]):
         return float("nan"), float("nan"), float("nan")
     value = float(stat(*arrays))
-    if not np.isfinite(value) or len(arrays[0]) < 2:  # one question cannot be resampled: no interval
-        return value, float("nan"), float("nan")
+    if not np.isfinite(value) or min((den > 0).sum() for den in arrays[1::2]) < 2:
+        return value, float("nan"), float("nan")  # a rate resting on one question cannot be resampled
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
