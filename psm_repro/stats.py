@@ -170,4 +170,4 @@ def ratio_difference(num_a: np.ndarray, den_a: np.ndarray, num_b: np.ndarray | N
                                rng=np.random.default_rng(seed)).confidence_interval
         if np.isfinite(ci.low) and np.isfinite(ci.high):
             return value, float(ci.low), float(ci.high)
-    return value, value, value
+    return value, float("nan"), float("nan")  # e.g. resamples that leave an arm with nothing eligible

@@ -81,6 +81,10 @@ def test_ratio_rate_and_difference_by_hand():
     d, lo, hi = ratio_difference(np.array([1, 0, 0]), np.array([4, 0, 0]), np.array([0, 0, 0]), np.array([3, 0, 0]),
                                  n_resamples=200)
     assert d == 0.25 and math.isnan(lo) and math.isnan(hi)
+    # resamples that leave an arm with no eligible reply (ratio 0/0) give no interval rather than [d, d]
+    d, lo, hi = ratio_difference(np.array([1, 0, 0, 0]), np.array([1, 1, 0, 0]), np.zeros(4), np.array([0, 0, 3, 3]),
+                                 n_resamples=200)
+    assert d == 0.5 and math.isnan(lo) and math.isnan(hi)
     # the same when only one arm rests on a single question (the other arm's questions do not resample it)
     d, lo, hi = ratio_difference(np.array([1, 0, 0]), np.array([4, 0, 0]), np.array([0, 0, 0]), np.array([0, 3, 2]),
                                  n_resamples=200)
