@@ -74,7 +74,7 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
     model = load_model(cfg.model)
     sae = load_sae(cfg.sae, model)
     hook = sae_hook_name(sae)
-    _, _, layer = model.resolve(hook)
+    layer = model.resolve(hook).layer
     texts = _texts(model, b.n_texts, b.text_tokens, cfg.seed)
     n_tok = b.n_texts * b.text_tokens
 

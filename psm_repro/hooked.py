@@ -2,8 +2,9 @@
 
 Chosen by measurement (see README, "Why plain HF hooks"): HF `generate` with a KV cache is
 the fastest generation path on CPU, and a hook on one decoder layer costs nothing measurable.
-SAE hook names in TransformerLens style (`blocks.12.hook_resid_post`) and plain HF module
-paths (`model.layers.12`) both resolve to the same decoder-layer tensors, so public SAEs
+SAE hook names in TransformerLens style (`blocks.12.hook_resid_post`, `hook_resid_pre`, `hook_resid_mid`,
+`hook_attn_out`, `hook_mlp_out`) and plain HF module paths (`model.layers.12`) resolve to the HF tensors
+that equal TL's `run_with_cache` on the same weights (tests/test_hooks_vs_transformer_lens.py), so public SAEs
 trained on HookedTransformer activations and SAEs trained on HF activations both work.
 """
 
@@ -44,6 +45,36 @@ def find_layers(model: nn.Module) -> nn.ModuleList:
     return best
 
 
+@dataclass
+class HookPoint:
+    """Where a hook name lives: its kind, its decoder layer, the module whose output (or, for resid_pre, the
+    block whose input) carries the activation, and that layer's block."""
+
+    kind: str  # resid_pre | resid_mid | resid_post | attn_out | mlp_out | module (an HF module path)
+    layer: int
+    module: nn.Module
+    block: nn.Module
+
+
+def _attn_out_module(block: nn.Module) -> nn.Module | None:
+    """The module whose output is TransformerLens's hook_attn_out. Gemma-2/3 normalise the attention output
+    before adding it to the residual (`post_attention_layernorm`, recognisable by a `pre_feedforward_layernorm`
+    beside it); TL's hook_attn_out sits after that norm. Llama's `post_attention_layernorm` is the MLP's input
+    norm instead, so there the attention module itself (`self_attn`, GPT-2 `attn`) is the one."""
+    if hasattr(block, "pre_feedforward_layernorm"):
+        return block.post_attention_layernorm
+    return _first_child(block, "self_attn", "attn")
+
+
+def _mlp_out_module(block: nn.Module) -> nn.Module | None:
+    """The module whose output is TL's hook_mlp_out (Gemma-2/3: after `post_feedforward_layernorm`)."""
+    return _first_child(block, "post_feedforward_layernorm", "mlp")
+
+
+def _first_child(block: nn.Module, *names: str) -> nn.Module | None:
+    return next((getattr(block, n) for n in names if isinstance(getattr(block, n, None), nn.Module)), None)
+
+
 class HookedModel:
     """A causal LM with named hook points; hooks live only inside context managers."""
 
@@ -66,7 +97,7 @@ class HookedModel:
 
     def hook_device(self, hook_name: str) -> torch.device:
         """Device of the module behind `hook_name` (differs from `device` when the model is split)."""
-        module, _, _ = self.resolve(hook_name)
+        module = self.resolve(hook_name).module
         return next(module.parameters(), self.model.get_input_embeddings().weight).device
 
     @property
@@ -89,20 +120,24 @@ class HookedModel:
             offset = kwargs["attention_mask"].shape[1] - ids.shape[1]
         self._call = CallInfo(ids, offset)
 
-    def resolve(self, hook_name: str) -> tuple[nn.Module, str, int]:
-        """Map a hook name to (module, 'output' | 'input', layer index)."""
-        m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook_name)
+    def resolve(self, hook_name: str) -> HookPoint:
+        """Map a TransformerLens hook name (`blocks.L.hook_resid_pre|mid|post`, `blocks.L.hook_attn_out`,
+        `blocks.L.hook_mlp_out`) or an HF module path to the module(s) that carry that activation."""
+        m = re.fullmatch(r"blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)", hook_name)
         if m:
-            layer = int(m.group(1))
+            layer, kind = int(m.group(1)), m.group(2)
             if layer >= self.n_layers:
                 raise KeyError(f"hook {hook_name!r}: model {self.name} has only {self.n_layers} layers")
-            return self.layers[layer], "input" if m.group(2) == "pre" else "output", layer
+            block = self.layers[layer]
+            module = {"resid_pre": block, "resid_post": block, "attn_out": _attn_out_module(block),
+                      "resid_mid": _attn_out_module(block), "mlp_out": _mlp_out_module(block)}[kind]
+            if module is None:
+                raise KeyError(f"hook {hook_name!r}: {type(block).__name__} has no module behind {kind}")
+            return HookPoint(kind, layer, module, block)
         modules = dict(self.model.named_modules())
         if hook_name in modules:
-            for i, layer in enumerate(self.layers):
-                if layer is modules[hook_name]:
-                    return layer, "output", i
-            return modules[hook_name], "output", self.n_layers - 1
+            layer = next((i for i, blk in enumerate(self.layers) if blk is modules[hook_name]), self.n_layers - 1)
+            return HookPoint("module", layer, modules[hook_name], self.layers[layer])
         raise KeyError(f"hook {hook_name!r} does not exist in model {self.name}")
 
     def has_hook(self, hook_name: str) -> bool:
@@ -116,27 +151,43 @@ class HookedModel:
     def edit(self, hook_name: str, fn: EditFn) -> Iterator[None]:
         """Replace the activation at `hook_name` by `fn(acts_BTD, call_info)` inside the block.
 
-        The hook is removed on exit, also when the block raises.
+        The hook is removed on exit, also when the block raises. `resid_mid` (resid_pre + attn_out) is not a
+        tensor any HF module returns: it is read at the attention-out module, and an edit to it is passed on
+        as the same change to attn_out, so everything downstream (MLP input and the residual) sees it.
         """
-        module, where, _ = self.resolve(hook_name)
+        point = self.resolve(hook_name)
+        handles = []
+        resid_pre: dict[str, torch.Tensor] = {}
 
         def post(mod, args, output):
-            if isinstance(output, tuple):
-                return (fn(output[0], self._call), *output[1:])
-            return fn(output, self._call)
+            out = output[0] if isinstance(output, tuple) else output
+            if point.kind == "resid_mid":
+                mid = resid_pre["x"] + out
+                out = out + (fn(mid, self._call) - mid)
+            else:
+                out = fn(out, self._call)
+            return (out, *output[1:]) if isinstance(output, tuple) else out
 
         def pre(mod, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            if point.kind == "resid_mid":
+                resid_pre["x"] = x
+                return None
+            x = fn(x, self._call)
             if args:
-                return (fn(args[0], self._call), *args[1:]), kwargs
-            kwargs["hidden_states"] = fn(kwargs["hidden_states"], self._call)
+                return (x, *args[1:]), kwargs
+            kwargs["hidden_states"] = x
             return args, kwargs
 
-        handle = (module.register_forward_pre_hook(pre, with_kwargs=True) if where == "input"
-                  else module.register_forward_hook(post))
+        if point.kind in ("resid_pre", "resid_mid"):
+            handles.append(point.block.register_forward_pre_hook(pre, with_kwargs=True))
+        if point.kind != "resid_pre":
+            handles.append(point.module.register_forward_hook(post))
         try:
             yield
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
 
     @torch.inference_mode()
     def activations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hook_name: str) -> torch.Tensor:
