@@ -8,9 +8,13 @@ is one batched generate call. Coefficients are multiples of the latent's max act
 search set, so 1.0 means "as strongly as the latent ever fired on the persona's items".
 
 Modes:
-* add:    x + c * max_act * W_dec[f]                     (a fixed vector; works at any position)
+* add:    x + c * max_act * (decode(e_f) - decode(0))       (works at any position)
 * clamp:  x + decode(f with f_i = c * max_act) - decode(f)  (keeps the SAE error term)
 * ablate: clamp to zero
+Both go through the SAE's own `decode`, so decoder-norm rescaling (`rescale_acts_by_decoder_norm`) and
+activation normalisation are honoured. For most SAEs the add vector is fixed; for the sae-lens normalisations
+that rescale by a statistic of the current input (`constant_norm_rescale`, `layer_norm`) it is computed per
+token, at that token's normalisation state, as the SAE's decode would.
 Positions: "all", "prompt" (absolute position < prompt width) or "generated" (>= prompt width,
 which with a KV cache is every token generated after the prompt). Special/template tokens
 (BOS, role headers, end-of-turn, padding) are never steered unless `steer_special=True`.
@@ -56,11 +60,49 @@ class Intervention:
             raise ValueError("a dense direction can only be added (mode=add)")
 
 
+INPUT_DEPENDENT_NORMS = ("constant_norm_rescale", "layer_norm")
+"""sae-lens normalisations whose `decode` rescales by a statistic that `encode` stored from the current input."""
+
+
+def norm_depends_on_input(sae) -> bool:
+    return getattr(sae.cfg, "normalize_activations", "none") in INPUT_DEPENDENT_NORMS
+
+
+def decode_difference(sae, acts: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`sae.decode(a) - sae.decode(b)`, at the normalisation state of `acts` where the SAE's depends on its input.
+
+    sae-lens stores that state in `encode` and drops it after one `decode`, so it is set again before each."""
+    dependent = norm_depends_on_input(sae)
+    if dependent:
+        sae_encode(sae, acts)
+    out_a = sae.decode(a.to(sae.dtype)).float()
+    if dependent:
+        sae_encode(sae, acts)
+    return out_a - sae.decode(b.to(sae.dtype)).float()
+
+
+def latent_vector(sae, feature: int, acts: torch.Tensor | None = None) -> torch.Tensor:
+    """What one unit of latent `feature` writes: decode(e_f) - decode(0). (D,) for SAEs with a fixed geometry,
+    (B, T, D) per token of `acts` for the input-dependent normalisations."""
+    if norm_depends_on_input(sae) and acts is not None:
+        unit = torch.zeros(*acts.shape[:-1], sae.cfg.d_sae, device=acts.device)
+        unit[..., feature] = 1.0
+        return decode_difference(sae, acts, unit, torch.zeros_like(unit))
+    unit = torch.zeros(1, sae.cfg.d_sae, device=sae.W_dec.device)
+    unit[0, feature] = 1.0
+    reference = None
+    if norm_depends_on_input(sae):  # unit normalisation scale: mean 0, norm sqrt(d_in), std ~1
+        reference = torch.ones(1, sae.cfg.d_in, device=sae.W_dec.device)
+        reference[:, 1::2] = -1.0
+    return decode_difference(sae, reference, unit, torch.zeros_like(unit))[0]
+
+
 def steering_vector(sae, iv: Intervention) -> torch.Tensor:
-    """The vector `add` injects at coefficient 1 (for reporting its norm, too)."""
+    """The vector `add` injects at coefficient 1 (for reporting its norm, too). For SAEs whose normalisation
+    depends on the input it is the vector at unit normalisation scale; each token's vector scales with it."""
     if iv.direction is not None:
         return iv.direction.float() * iv.scale
-    return sae.W_dec[iv.feature].float() * iv.scale
+    return latent_vector(sae, iv.feature) * iv.scale
 
 
 def position_mask(info: CallInfo, T: int, batch: int, positions: str, prompt_width: int,
@@ -104,6 +146,8 @@ def steer(model: HookedModel, sae, interventions: list[Intervention], coefficien
         delta = torch.zeros_like(x)
         for iv, vec in zip(adds, add_vecs):
             rows = 1.0 if iv.rows is None else iv.rows.to(x.device).float()[:, None, None]
+            if iv.direction is None and norm_depends_on_input(sae):
+                vec = latent_vector(sae, iv.feature, x) * iv.scale
             delta += coef * iv.weight * rows * vec.to(x.device)
         if clamps:
             feats = sae_encode(sae, x)
@@ -115,7 +159,7 @@ def steer(model: HookedModel, sae, interventions: list[Intervention], coefficien
                     coef_B.to(x.device) * iv.weight * iv.scale
                 edited[rows, :, iv.feature] = target[rows, None].to(edited.dtype).expand(-1, T)
             # decode(edited) - decode(feats): everything the SAE does not explain (its error term) stays
-            delta += (sae.decode(edited) - sae.decode(feats)).float()
+            delta += decode_difference(sae, x, edited, feats)
         return (x + delta * mask_BT1).to(acts_BTD.dtype)
 
     with model.edit(hook, edit):

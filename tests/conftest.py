@@ -57,17 +57,18 @@ def build_tiny_model(path: Path, d_model: int = 64, n_layers: int = 4, seed: int
 
 
 def save_tiny_sae(path: Path, d_in: int, d_sae: int, hook_name: str, seed: int = 0, arch: str = "standard",
-                  W_enc=None, b_enc=None, W_dec=None) -> Path:
-    """A small SAE in sae-lens's on-disk format (random unless weights are given)."""
+                  W_enc=None, b_enc=None, W_dec=None, **cfg) -> Path:
+    """A small SAE in sae-lens's on-disk format (random unless weights are given); `cfg` goes to its config
+    (e.g. normalize_activations, rescale_acts_by_decoder_norm)."""
     from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
     torch.manual_seed(seed)
     meta = SAEMetadata(hook_name=hook_name, prepend_bos=False)
     if arch == "topk":
-        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=8, metadata=meta))
+        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=8, metadata=meta, **cfg))
     else:
-        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
+        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta, **cfg))
     with torch.no_grad():
         dec = torch.randn(d_sae, d_in)
         dec /= dec.norm(dim=-1, keepdim=True)

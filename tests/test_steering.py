@@ -94,3 +94,55 @@ def test_bad_mode_and_positions_are_rejected(tiny_model, tiny_sae):
     with pytest.raises(ValueError, match="steer.positions"):
         with steer(tiny_model, tiny_sae, [Intervention(feature=1)], torch.tensor([1.0]), positions="middle"):
             pass
+
+
+def _geometry_sae(tmp_path, tiny_model, **cfg):
+    """An SAE whose decoder rows have norms 0.5..2.5, so W_dec[f] and the SAE's own geometry differ."""
+    from psm_repro.config import SAEConfig
+    from psm_repro.loading import load_sae
+    from conftest import save_tiny_sae
+
+    torch.manual_seed(3)
+    dec = torch.randn(128, 64)
+    dec = dec / dec.norm(dim=-1, keepdim=True) * torch.linspace(0.5, 2.5, 128)[:, None]
+    arch = "topk" if "rescale_acts_by_decoder_norm" in cfg else "standard"
+    path = save_tiny_sae(tmp_path / "sae", 64, 128, HOOK, arch=arch, W_dec=dec, **cfg)
+    return load_sae(SAEConfig(name="geometry", path=str(path)), tiny_model)
+
+
+GEOMETRIES = {
+    # hand-computed: what decode(c e_f) - decode(0) is for each convention, per token x
+    "rescale_acts_by_decoder_norm": (dict(rescale_acts_by_decoder_norm=True),
+                                     lambda w, x: w / w.norm() * torch.ones_like(x[..., :1])),
+    "constant_norm_rescale": (dict(normalize_activations="constant_norm_rescale"),
+                              lambda w, x: w * x.norm(dim=-1, keepdim=True) / 64 ** 0.5),
+    "layer_norm": (dict(normalize_activations="layer_norm"), lambda w, x: w * x.std(dim=-1, keepdim=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_add_injects_what_the_saes_own_decode_writes(tiny_model, tmp_path, name):
+    cfg, expected_direction = GEOMETRIES[name]
+    sae = _geometry_sae(tmp_path, tiny_model, **cfg)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    base = tiny_model.activations(ids, torch.ones_like(ids), HOOK)
+    f = 100
+    with steer(tiny_model, sae, [Intervention(mode="add", feature=f, scale=2.0)], torch.tensor([1.5])):
+        steered = tiny_model.activations(ids, torch.ones_like(ids), HOOK)
+    want = 1.5 * 2.0 * expected_direction(sae.W_dec[f].detach(), base)
+    torch.testing.assert_close(steered - base, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(want, 1.5 * 2.0 * sae.W_dec[f].expand_as(want), atol=1e-2)  # W_dec[f] alone is wrong
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_add_and_clamp_agree_on_a_latent_that_was_off(tiny_model, tmp_path, name):
+    """Clamping an inactive latent to v writes decode(v e_f) - decode(0), the same as adding v."""
+    sae = _geometry_sae(tmp_path, tiny_model, **GEOMETRIES[name][0])
+    ids = torch.tensor([[5, 6, 7, 8]])
+    feats = _feats(tiny_model, sae, ids)[0]
+    f = int(torch.nonzero((feats > 0).sum(0) == 0)[-1])
+    out = {}
+    for mode in ("add", "clamp"):
+        with steer(tiny_model, sae, [Intervention(mode=mode, feature=f, scale=2.0)], torch.tensor([1.5])):
+            out[mode] = tiny_model.activations(ids, torch.ones_like(ids), HOOK)
+    torch.testing.assert_close(out["add"], out["clamp"], atol=1e-4, rtol=1e-4)
