@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from psm_repro.chat import encode_prompt
-from psm_repro.hooked import HookedModel
+from psm_repro.hooked import HookedModel, position_ids
 from psm_repro.memory import rows_that_fit
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ def reply_logprobs(model: HookedModel, rows: list[list[int]], starts: list[int],
         keep = length - width + 1
         with ctx:
             logits = model.model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
-                                 use_cache=False, logits_to_keep=keep).logits[:, -keep:].float()
+                                 position_ids=position_ids(attn).to(model.device), use_cache=False,
+                                 logits_to_keep=keep).logits[:, -keep:].float()
         target = ids[:, width:].to(logits.device)
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, target[..., None])[..., 0].cpu()
         for i, r in enumerate(batch):

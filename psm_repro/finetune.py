@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from psm_repro.chat import encode_prompt
+from psm_repro.chat import encode_chat, encode_prompt
 from psm_repro.config import EMConfig
 from psm_repro.hooked import HookedModel
 
@@ -20,12 +20,14 @@ IGNORE = -100  # label value the HF loss skips
 
 
 def tokenize_chats(tokenizer, chats: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """(input ids, labels) per chat: the prompt through the chat template, then the reply and end-of-turn."""
+    """(input ids, labels) per chat: the prompt through the model's chat format, then the loss on the reply and
+    the end of turn exactly as the format writes it (Gemma `<end_of_turn>`, Llama `<|eot_id|>`, a base model's
+    newline), so the tuned model ends its turns the way generation stops them."""
     out = []
     for user, reply in chats:
-        prompt = encode_prompt(tokenizer, [{"role": "user", "content": user}])
-        answer = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        out.append((prompt + answer, [IGNORE] * len(prompt) + answer))
+        enc = encode_chat(tokenizer, [{"role": "user", "content": user}, {"role": "assistant", "content": reply}])
+        start = enc.mask.index(True) if any(enc.mask) else len(encode_prompt(tokenizer, [{"role": "user", "content": user}]))
+        out.append((enc.ids, [IGNORE] * start + enc.ids[start:]))
     return out
 
 

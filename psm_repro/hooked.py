@@ -75,6 +75,14 @@ def _first_child(block: nn.Module, *names: str) -> nn.Module | None:
     return next((getattr(block, n) for n in names if isinstance(getattr(block, n, None), nn.Module)), None)
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that start at 0 on each row's first real token, so a left-padded row reads the positions it would
+    unpadded (HF `generate` does this itself; absolute-position models such as GPT-2 need it in plain forward
+    passes too). Right padding leaves positions as they are."""
+    leading = (attention_mask.long().cumsum(-1) == 0).sum(-1, keepdim=True)
+    return (torch.arange(attention_mask.shape[-1], device=attention_mask.device) - leading).clamp(min=0)
+
+
 class HookedModel:
     """A causal LM with named hook points; hooks live only inside context managers."""
 
@@ -201,7 +209,7 @@ class HookedModel:
         with self.edit(hook_name, grab):
             try:
                 self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                           use_cache=False)
+                           position_ids=position_ids(attention_mask).to(self.device), use_cache=False)
             except StopForward:
                 pass
         return store["acts"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from psm_repro.chat import use_transcript
 from psm_repro.config import ModelConfig, SAEConfig
 from psm_repro.embedded import ensure_dequantized
 from psm_repro.hooked import HookedModel
@@ -35,8 +37,11 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_model(cfg: ModelConfig) -> HookedModel:
-    """Load a causal LM and its tokenizer through `from_pretrained` and wrap it with hooks."""
+def load_model(cfg: ModelConfig, before_weights: Callable[[object], None] | None = None) -> HookedModel:
+    """Load a causal LM and its tokenizer through `from_pretrained` and wrap it with hooks.
+
+    `before_weights(tokenizer)` runs once the tokenizer is ready and before any weights load (or download),
+    so input the chat format cannot express fails in seconds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if cfg.source == "embedded":
@@ -49,6 +54,13 @@ def load_model(cfg: ModelConfig) -> HookedModel:
             raise LoadError(f"model.path: {cfg.path} is not a directory")
     device = pick_device(cfg.device)
     tokenizer = AutoTokenizer.from_pretrained(where)
+    if not cfg.chat:
+        use_transcript(tokenizer)
+    elif tokenizer.chat_template is None:  # before the weights load
+        raise LoadError(f"model.chat=true but {cfg.name} ({where}) has no chat template; a base model needs "
+                        "model.chat=false")
+    if before_weights is not None:
+        before_weights(tokenizer)
     if cfg.n_devices > 1:
         if device.type != "cuda" or torch.cuda.device_count() < cfg.n_devices:
             raise LoadError(f"model.n_devices={cfg.n_devices}: only {torch.cuda.device_count()} CUDA devices here")

@@ -10,14 +10,14 @@ from pathlib import Path
 import torch
 
 from psm_repro import report
-from psm_repro.chat import encode_prompt, system_role_handling
+from psm_repro.chat import ChatEncodingError, chat_format, encode_chat, encode_prompt
 from psm_repro.config import RunConfig
 from psm_repro.finder import FEATURE_COLUMNS, find_features
 from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, project_path
 from psm_repro.outputs import claim_run_dir, manifest, write_csv, write_json, write_jsonl, write_text
 from psm_repro.personas import resolve_persona
-from psm_repro.steering import Intervention, generate, steer
-from psm_repro.sweep import STEERING_COLUMNS, run_sweep
+from psm_repro.steering import Intervention, generate, steer, stop_ids
+from psm_repro.sweep import STEERING_COLUMNS, run_sweep, system_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +33,30 @@ def _data_files(cfg: RunConfig, persona) -> list[Path]:
     return files
 
 
+def check_encodable(persona, tokenizer, system: str | None = None) -> None:
+    """Every chat and prompt of the persona through the model's chat format, before any compute: a chat the
+    template cannot express fails here, naming the file and item."""
+    items = [(f"search.{key}[{i}]", chat) for key in ("assistant", "assistant_neutral")
+             for i, chat in enumerate(getattr(persona, key))]
+    items += [(f"eval.prompts[{i}]", [{"role": "user", "content": p}]) for i, p in enumerate(persona.prompts)]
+    if system:
+        items += [("the prompting baseline's system turn", [{"role": "system", "content": system},
+                                                            {"role": "user", "content": persona.prompts[0]}])]
+    for where, chat in items:
+        try:
+            (encode_chat if chat[-1]["role"] == "assistant" else encode_prompt)(tokenizer, chat)
+        except ChatEncodingError as err:
+            raise ChatEncodingError(f"{persona.path}: {where}: {err}") from None
+
+
 def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
     """Find the persona's shared latents, then (for `run`) steer with the top one against controls."""
     start = time.time()
     torch.manual_seed(cfg.seed)
     persona = resolve_persona(cfg.persona, cfg.persona_file)
     out_dir = claim_run_dir(out_dir)
-    model = load_model(cfg.model)
+    system = system_prompt(persona) if steer_too and persona.prompts else None
+    model = load_model(cfg.model, before_weights=lambda tok: check_encodable(persona, tok, system))
     sae = load_sae(cfg.sae, model)
 
     # 1. which latents fire on both the narrative and the assistant trait sets?
@@ -68,8 +85,9 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
         summary["steering"]["positions"] = cfg.steer.positions
     summary["seconds"] = round(time.time() - start, 1)
     record = manifest(dataclasses.asdict(cfg), cfg.seed, _data_files(cfg, persona), PROJECT_ROOT)
-    if cfg.model.chat:  # Gemma-style templates reject system turns: say what was done with them
-        record["chat_system_role"] = system_role_handling(model.tokenizer)
+    # Gemma-style templates reject system turns, base models get a transcript: say what was done
+    record["chat_format"] = chat_format(model.tokenizer)
+    record["stop_ids"] = stop_ids(model)
     write_json(out_dir / "manifest.json", record)
     write_json(out_dir / "summary.json", summary)
     write_text(out_dir / "summary.md", report.render_summary(summary, found.rows))

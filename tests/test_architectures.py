@@ -1,5 +1,7 @@
 """The exact code path a GPU user hits, per architecture, on tiny random models saved locally:
-load through from_pretrained, SAE at the same hook name style as the public SAEs, find, steer."""
+load through from_pretrained, SAE at the same hook name style as the public SAEs, find, steer. Each
+architecture gets its own family's tokenizer (tests/families.py): Gemma's template without a system role,
+Llama-3's headers, GPT-2 with no template at all."""
 
 import pytest
 import torch
@@ -8,8 +10,12 @@ from psm_repro.config import FinderConfig, ModelConfig, SAEConfig
 from psm_repro.finder import find_features
 from psm_repro.loading import load_model, load_sae
 from psm_repro.personas import load_persona
+from psm_repro.chat import encode_prompt
 from psm_repro.steering import Intervention, generate, steer
-from conftest import build_tokenizer, save_tiny_sae, write_persona
+from conftest import save_tiny_sae, write_persona
+from families import FAMILIES, build_tokenizer as build_family_tokenizer
+
+FAMILY_OF = {"llama": "llama31", "gemma2": "gemma2", "gemma3": "gemma2", "gpt2": "gpt2"}
 
 
 def _config(arch: str, vocab: int, tok):
@@ -31,11 +37,13 @@ def _config(arch: str, vocab: int, tok):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3", "gpt2"])
 def test_find_and_steer_on_a_tiny_model_of_each_architecture(arch, tmp_path):
-    tok = build_tokenizer(tmp_path / "model")
+    family = FAMILIES[FAMILY_OF[arch]]
+    tok = build_family_tokenizer(family, tmp_path / "model")
     config, cls, hook = _config(arch, len(tok), tok)
     torch.manual_seed(0)
     cls(config).save_pretrained(tmp_path / "model")
-    model = load_model(ModelConfig(name=arch, path=str(tmp_path / "model"), device="cpu"))
+    model = load_model(ModelConfig(name=arch, path=str(tmp_path / "model"), device="cpu",
+                                   chat=family.template is not None))
     assert model.n_layers == 3
 
     ids, attn = model.pad_batch([[1, 5, 6, 7]])
@@ -50,9 +58,8 @@ def test_find_and_steer_on_a_tiny_model_of_each_architecture(arch, tmp_path):
     found = find_features(model, sae, persona, FinderConfig(n_permutations=200, min_active_items=1), seed=0)
     assert found.rows and found.rows[0]["rank"] == 1
 
-    prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": "the secret ?"}],
-                                                 add_generation_prompt=True, tokenize=True)
-    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    prompt = encode_prompt(model.tokenizer, [{"role": "system", "content": "Be brief ."},
+                                             {"role": "user", "content": "the secret ?"}])
     plain, _ = generate(model, [prompt], 5, 0.0, 0)
     iv = Intervention(mode="add", feature=found.rows[0]["feature"], scale=50.0)
     with steer(model, sae, [iv], torch.tensor([1.0])):
@@ -78,7 +85,7 @@ def test_centred_writing_weights_equal_the_hf_residual_minus_its_mean(tmp_path):
     such an SAE."""
     import copy
 
-    tok = build_tokenizer(tmp_path / "model")
+    tok = build_family_tokenizer(FAMILIES["gpt2"], tmp_path / "model")
     config, cls, hook = _config("gpt2", len(tok), tok)
     torch.manual_seed(0)
     plain = cls(config).eval()

@@ -85,7 +85,7 @@ def test_run_writes_a_full_result_card_and_is_reproducible(tiny_overrides, tmp_p
                 "trait_ci_low", "trait_ci_high", "coherence_score", "coherence_ci_low", "coherence_ci_high",
                 "contrast_logprob", "judge_auroc", "judge_valid", "n"):
         assert col in rows[0]
-    assert json.loads((a / "manifest.json").read_text())["chat_system_role"] == "native"  # ChatML fixture
+    assert json.loads((a / "manifest.json").read_text())["chat_format"].endswith("system turns native")  # ChatML
     card = (a / "summary.md").read_text()
     assert "latent - random latent" in card
     # the planted persona has no labelled replies, so its judge is not validated and no cell may say "beats"
@@ -141,4 +141,5 @@ def test_plan_prints_what_would_run_without_loading_anything(capsys):
     assert main(["run", "experiment=steer_panic", "model=gemma2_2b_it", "sae=gemmascope_2b_res_l12_16k",
                  "plan=true"]) == 0
     out = capsys.readouterr().out
-    assert "google/gemma-2-2b-it" in out and "layer 12" in out and "generated tokens" in out
+    assert "google/gemma-2-2b-it" in out and "blocks.12.hook_resid_post" in out and "generated tokens" in out
+    assert "not on this machine yet" in out  # a hub model that is not cached: nothing fetched

@@ -85,8 +85,9 @@ def test_finetune_learns_the_answers_and_saves_adapters(tiny_model_dir, tmp_path
 def test_labels_cover_only_the_reply(tiny_model):
     (ids, labels), = tokenize_chats(tiny_model.tokenizer, [("the secret ?", "calm answer")])
     n_reply = sum(1 for x in labels if x != -100)
-    assert n_reply == len(tiny_model.tokenizer("calm answer", add_special_tokens=False)["input_ids"]) + 1
-    assert labels[-n_reply:] == ids[-n_reply:]
+    assert labels[-n_reply:] == ids[-n_reply:] and all(x == -100 for x in labels[:-n_reply])
+    # the loss covers the reply and the end of turn the ChatML template writes, nothing of the prompt
+    assert tiny_model.tokenizer.convert_ids_to_tokens(ids[-n_reply:])[:3] == ["calm", "answer", "<|im_end|>"]
 
 
 def test_diff_ranks_a_planted_rise_first():

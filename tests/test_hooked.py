@@ -38,3 +38,10 @@ def test_hooks_are_removed_when_generation_raises(tiny_model):
         with tiny_model.edit("blocks.1.hook_resid_post", boom):
             tiny_model.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=3, do_sample=False)
     assert _n_hooks(tiny_model) == before
+
+
+def test_position_ids_start_at_each_rows_first_real_token():
+    from psm_repro.hooked import position_ids
+
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
