@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -37,11 +38,44 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_model(cfg: ModelConfig, before_weights: Callable[[object], None] | None = None) -> HookedModel:
+def skeleton(where: str, tokenizer, name: str, local_only: bool = False) -> HookedModel:
+    """The model's module tree on the meta device, without weights: enough to resolve hooks, read the width and
+    the generation config's end ids."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    config = AutoConfig.from_pretrained(where, local_files_only=local_only)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(where, local_files_only=local_only)
+    except OSError:
+        pass
+    return HookedModel(model, tokenizer, name=name)
+
+
+def sae_facts_on_disk(cfg: SAEConfig) -> tuple[int | None, str | None]:
+    """(d_in, hook name) as far as the config alone tells: a disk SAE's cfg.json, a registry SAE's `sae.d_in`."""
+    if cfg.path and (project_path(cfg.path) / "cfg.json").exists():
+        meta = json.loads((project_path(cfg.path) / "cfg.json").read_text())
+        return meta.get("d_in"), (meta.get("metadata") or {}).get("hook_name")
+    return cfg.d_in, None
+
+
+def check_sae_fits(model: HookedModel, cfg: SAEConfig) -> None:
+    """The SAE's width and hook against the model, from configs only (before any weights load)."""
+    d_in, hook = sae_facts_on_disk(cfg)
+    if d_in is not None and d_in != model.d_model:
+        raise LoadError(f"SAE {cfg.name} has d_in={d_in} but model {model.name} has width {model.d_model}")
+    if hook and not model.has_hook(hook):
+        raise LoadError(f"SAE {cfg.name} reads hook {hook!r}, which model {model.name} does not have")
+
+
+def load_model(cfg: ModelConfig, before_weights: Callable[[object], None] | None = None,
+               sae: SAEConfig | None = None) -> HookedModel:
     """Load a causal LM and its tokenizer through `from_pretrained` and wrap it with hooks.
 
-    `before_weights(tokenizer)` runs once the tokenizer is ready and before any weights load (or download),
-    so input the chat format cannot express fails in seconds."""
+    Before any weights load (or download), `before_weights(tokenizer)` runs and `sae` is checked against the
+    model's config (width, hook), so input the chat format or the model cannot take fails in seconds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if cfg.source == "embedded":
@@ -61,6 +95,8 @@ def load_model(cfg: ModelConfig, before_weights: Callable[[object], None] | None
                         "model.chat=false")
     if before_weights is not None:
         before_weights(tokenizer)
+    if sae is not None:
+        check_sae_fits(skeleton(where, tokenizer, cfg.name), sae)
     if cfg.n_devices > 1:
         if device.type != "cuda" or torch.cuda.device_count() < cfg.n_devices:
             raise LoadError(f"model.n_devices={cfg.n_devices}: only {torch.cuda.device_count()} CUDA devices here")

@@ -56,7 +56,7 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
     persona = resolve_persona(cfg.persona, cfg.persona_file)
     out_dir = claim_run_dir(out_dir)
     system = system_prompt(persona) if steer_too and persona.prompts else None
-    model = load_model(cfg.model, before_weights=lambda tok: check_encodable(persona, tok, system))
+    model = load_model(cfg.model, before_weights=lambda tok: check_encodable(persona, tok, system), sae=cfg.sae)
     sae = load_sae(cfg.sae, model)
 
     # 1. which latents fire on both the narrative and the assistant trait sets?

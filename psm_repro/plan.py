@@ -55,28 +55,20 @@ def _model_files(m: ModelConfig) -> str | None:
 
 def model_facts(m: ModelConfig, hook: str | None) -> dict | None:
     """Chat format, stop ids, width and hook resolution from the model's cached files; None if not cached."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer
 
     from psm_repro.chat import chat_format, use_transcript
-    from psm_repro.hooked import HookedModel
+    from psm_repro.loading import skeleton
     from psm_repro.steering import stop_ids
 
     where = _model_files(m)
     if where is None:
         return None
     try:
-        config = AutoConfig.from_pretrained(where, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
+        hooked = skeleton(where, tokenizer, m.name, local_only=True)
     except (OSError, ValueError):
         return None
-    with torch.device("meta"):  # the module tree without weights: enough to resolve hook names
-        model = AutoModelForCausalLM.from_config(config)
-    try:
-        model.generation_config = GenerationConfig.from_pretrained(where, local_files_only=True)
-    except OSError:
-        pass
-    hooked = HookedModel(model, tokenizer, name=m.name)
     if not m.chat:
         use_transcript(tokenizer)
     facts = {"width": hooked.d_model, "layers": hooked.n_layers, "stop_ids": stop_ids(hooked),

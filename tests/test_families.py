@@ -15,6 +15,8 @@ from psm_repro.steering import generate, stop_ids
 from conftest import save_tiny_sae, write_persona
 from families import FAMILIES, build_family_model
 
+SHIPPED_EXPERIMENT = {"gemma2": "steer_secrecy", "llama31": "steer_panic", "gpt2": "steer_toxic_persona",
+                      "chatml": "steer_sycophancy"}
 EXPECTED_SYSTEM = {"gemma2": "folded into the first user turn", "llama31": "native", "chatml": "native",
                    "gpt2": "plain-text transcript"}
 
@@ -38,7 +40,11 @@ def test_every_command_runs_end_to_end(family, capsys):
     assert main(["find", *overrides, f"hydra.run.dir={root / 'find'}"]) == 0
     steer = ["steer.n_prompts=4", "steer.samples_per_prompt=1", "steer.max_new_tokens=6", "steer.n_bootstrap=100",
              "steer.coefficients=[0,4]"]
-    assert main(["run", *overrides, *steer, f"hydra.run.dir={root / 'run'}"]) == 0
+    # the README's full run as typed there (a shipped persona, system turns and all; bfloat16), apart from the
+    # weights; gemma2 runs the headline experiment itself
+    run = [o for o in overrides + steer if not o.startswith(("persona_file", "model.dtype"))] + \
+        [f"experiment={SHIPPED_EXPERIMENT[fam.name]}", "model.dtype=bfloat16"]
+    assert main(["run", *run, f"hydra.run.dir={root / 'run'}"]) == 0
     manifest = json.loads((root / "run" / "manifest.json").read_text())
     assert EXPECTED_SYSTEM[fam.name] in manifest["chat_format"]
     assert manifest["stop_ids"] == sorted(model.tokenizer.convert_tokens_to_ids(t) for t in fam.end_tokens)
@@ -168,6 +174,14 @@ def _id(root, token):
 
 def test_bad_chat_input_fails_in_one_line_before_any_compute(family, capsys):
     fam, root, overrides, _ = family
+    # an SAE for another width, or for a hook the model lacks: one line, before any weights load (their
+    # progress bar would be a second line on stderr)
+    for d_in, hook, needle in ((32, "blocks.1.hook_resid_post", "has d_in=32 but model"),
+                               (64, "blocks.9.hook_mlp_out", "reads hook 'blocks.9.hook_mlp_out'")):
+        sae = save_tiny_sae(root / f"sae_{d_in}_{hook}", d_in, 64, hook)
+        assert main(["find", *overrides, f"sae.path={sae}", f"hydra.run.dir={root / f'bad0_{d_in}'}"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
     if fam.template is None:  # a base model asked to use a chat template it does not have
         assert main(["find", *overrides, "model.chat=true", f"hydra.run.dir={root / 'bad1'}"]) == 1
         err = capsys.readouterr().err.strip().splitlines()
