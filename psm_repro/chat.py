@@ -37,9 +37,9 @@ def supports_system(tokenizer) -> bool:
     """Whether the chat template accepts a system turn (Gemma-2/3's raise "System role not supported")."""
     from jinja2 import TemplateError
 
-    cached = getattr(tokenizer, "_psm_supports_system", None)
     if tokenizer.chat_template is None:
         return False
+    cached = getattr(tokenizer, "_psm_supports_system", None)
     if cached is None:
         try:
             tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
@@ -151,7 +151,7 @@ def encode_chat(tokenizer, messages: list[Message]) -> Encoded:
     full = _template_ids(tokenizer, messages, add_generation_prompt=False)
     if full[: len(prefix)] != prefix:
         raise ValueError("chat template is not prefix-stable; cannot locate the assistant turn")
-    content = tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"]
+    content = _text_ids(tokenizer, messages[-1]["content"])
     special = set(tokenizer.all_special_ids)
     mask = [False] * len(full)
     end = len(prefix) + len(content)
@@ -171,7 +171,7 @@ def encode_text(tokenizer, text: str, prepend_bos: bool, first_position: int = 0
 
     Positions before `first_position` (the SAE's training `seqpos_slice` start: the attention sink, whose
     residual norm is ~100x the rest in SmolLM2) are not counted either."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = _text_ids(tokenizer, text)
     if prepend_bos and tokenizer.bos_token_id is not None:
         ids = [tokenizer.bos_token_id] + ids
         mask = [False] + [True] * (len(ids) - 1)

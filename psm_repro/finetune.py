@@ -25,9 +25,10 @@ def tokenize_chats(tokenizer, chats: list[tuple[str, str]]) -> list[tuple[list[i
     newline), so the tuned model ends its turns the way generation stops them."""
     out = []
     for user, reply in chats:
-        enc = encode_chat(tokenizer, [{"role": "user", "content": user}, {"role": "assistant", "content": reply}])
-        start = enc.mask.index(True) if any(enc.mask) else len(encode_prompt(tokenizer, [{"role": "user", "content": user}]))
-        out.append((enc.ids, [IGNORE] * start + enc.ids[start:]))
+        turn = [{"role": "user", "content": user}]
+        start = len(encode_prompt(tokenizer, turn))  # encode_chat checks the prompt is a prefix of the chat
+        ids = encode_chat(tokenizer, turn + [{"role": "assistant", "content": reply}]).ids
+        out.append((ids, [IGNORE] * start + ids[start:]))
     return out
 
 

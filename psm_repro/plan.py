@@ -71,8 +71,9 @@ def model_facts(m: ModelConfig, hook: str | None) -> dict | None:
         return None
     if not m.chat:
         use_transcript(tokenizer)
-    facts = {"width": hooked.d_model, "layers": hooked.n_layers, "stop_ids": stop_ids(hooked),
-             "stop_tokens": tokenizer.convert_ids_to_tokens(stop_ids(hooked)),
+    stops = stop_ids(hooked)
+    facts = {"width": hooked.d_model, "layers": hooked.n_layers, "stop_ids": stops,
+             "stop_tokens": tokenizer.convert_ids_to_tokens(stops),
              "chat": ("PROBLEM: model.chat=true but the tokenizer has no chat template (set model.chat=false)"
                       if m.chat and tokenizer.chat_template is None else chat_format(tokenizer))}
     if hook:
@@ -118,11 +119,11 @@ def render_plan(cfg: RunConfig, command: str) -> str:
 
 def _fit_lines(cfg: RunConfig, sae: dict) -> list[str]:
     facts = model_facts(cfg.model, sae["hook"] if sae["hook"].startswith("blocks.") or cfg.sae.path else None)
-    if facts is not None and sae["hook_note"] and "hook" in facts:
-        facts["hook"] += " (inferred)"
     if facts is None:
         return ["  checks    the model's files are not on this machine yet: chat template, stop ids and hook are "
                 "checked when it loads"]
+    if sae["hook_note"] and "hook" in facts:
+        facts["hook"] += " (inferred)"
     fit = ("matches" if sae["d_in"] == facts["width"] else f"PROBLEM: differs from the SAE's d_in {sae['d_in']}") \
         if sae["d_in"] else "(SAE d_in unknown until it loads)"
     lines = [f"  chat      {facts['chat']}",
