@@ -17,7 +17,8 @@ commands:
   find       feature search only (writes features.csv + summary.md)
   steer      one prompt, unsteered vs steered, printed side by side
   tables     rebuild results/README.md from saved result cards (no model needed)
-  train-sae  re-create the embedded model's SAE from scratch
+  build-corpus  write (or finish) the SAE training corpus: token-id shards + manifest (resumable)
+  train-sae  train the embedded model's SAE on a built corpus (resumes after a kill)
   bench      speed against plain HF and the machine's limit (writes results/bench/)
   finetune   emergent misalignment: narrow fine-tune + control, broad misalignment, latent diff, steering
   judge      score replies (JSONL with prompt, reply) with a persona's judge: trait, coherence, headline score
@@ -36,7 +37,7 @@ examples:
   python -m psm_repro judge persona=sarcasm judge.input=replies.jsonl judge.output=scored.jsonl
   python -m psm_repro validate-judge
 """
-COMMANDS = ("run", "find", "steer", "tables", "train-sae", "bench", "finetune", "judge", "validate-judge")
+COMMANDS = ("run", "find", "steer", "tables", "build-corpus", "train-sae", "bench", "finetune", "judge", "validate-judge")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 logger = logging.getLogger("psm_repro")
 
@@ -195,11 +196,18 @@ def _dispatch(command: str, cfg, run_dir: Path) -> int:
         out = project_path(cfg.judge.out_dir or f"runs/judge_validation/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
         validate_judges(cfg, out)
         print((out / "validity.md").read_text())
+    elif command == "build-corpus":
+        m = pipeline.build_corpus(cfg)
+        sl = m["slices"]
+        print(f"corpus in {cfg.corpus.out_dir}: " + ", ".join(
+            f"{name} {v['tokens']:,} training + {v['heldout_tokens']:,} held-out tokens" for name, v in sl.items())
+            + f"; {m['overlap']['dropped_docs']} documents dropped for overlap with experiments/")
     elif command == "train-sae":
         report = pipeline.train_sae(cfg)
-        m = report["heldout_metrics"]
-        print(f"SAE written to {cfg.train_sae.out_dir}: FVU {m['fvu']:.3f}, dead {m['dead_fraction']:.1%}, "
-              f"CE recovered {m['ce_loss_recovered']:.1%}, L0 {m['l0']:.1f}")
+        h = report["heldout"]
+        print(f"SAE written to {cfg.train_sae.out_dir} ({report['tokens_per_s']:,.0f} tokens/s): " + "; ".join(
+            f"{name} FVU {m['fvu']:.3f}, CE recovered {m['ce_loss_recovered']:.1%}, L0 {m['l0']:.1f}"
+            for name, m in h["slices"].items()) + f"; dead {h['dead_fraction']:.1%}")
     return 0
 
 

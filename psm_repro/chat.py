@@ -91,7 +91,7 @@ def chat_format(tokenizer) -> str:
     return f"the tokenizer's chat template; system turns {system_role_handling(tokenizer)}"
 
 
-def _text_ids(tokenizer, text: str) -> list[int]:
+def text_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -99,12 +99,12 @@ def _transcript_prompt(tokenizer, messages: list[Message]) -> list[int]:
     ids = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
     for m in messages:
         if m["role"] == "system":
-            ids += _text_ids(tokenizer, m["content"] + "\n\n")
+            ids += text_ids(tokenizer, m["content"] + "\n\n")
         elif m["role"] in TRANSCRIPT_ROLES:
-            ids += _text_ids(tokenizer, f"{TRANSCRIPT_ROLES[m['role']]}: {m['content']}\n")
+            ids += text_ids(tokenizer, f"{TRANSCRIPT_ROLES[m['role']]}: {m['content']}\n")
         else:
             raise ChatEncodingError(f"role '{m['role']}' has no place in a plain-text transcript")
-    return ids + _text_ids(tokenizer, f"{TRANSCRIPT_ROLES['assistant']}:")
+    return ids + text_ids(tokenizer, f"{TRANSCRIPT_ROLES['assistant']}:")
 
 
 def cut_made_up_turn(tokenizer, ids: list[int]) -> list[int]:
@@ -145,13 +145,13 @@ def encode_chat(tokenizer, messages: list[Message]) -> Encoded:
         raise ValueError("a chat to encode must end with an assistant turn")
     prefix = encode_prompt(tokenizer, messages[:-1])
     if is_transcript(tokenizer):  # built piece by piece, so the reply's tokens are known exactly
-        content = _text_ids(tokenizer, " " + messages[-1]["content"])
-        end = _text_ids(tokenizer, "\n")
+        content = text_ids(tokenizer, " " + messages[-1]["content"])
+        end = text_ids(tokenizer, "\n")
         return Encoded(prefix + content + end, [False] * len(prefix) + [True] * len(content) + [False] * len(end))
     full = _template_ids(tokenizer, messages, add_generation_prompt=False)
     if full[: len(prefix)] != prefix:
         raise ValueError("chat template is not prefix-stable; cannot locate the assistant turn")
-    content = _text_ids(tokenizer, messages[-1]["content"])
+    content = text_ids(tokenizer, messages[-1]["content"])
     special = set(tokenizer.all_special_ids)
     mask = [False] * len(full)
     end = len(prefix) + len(content)
@@ -171,7 +171,7 @@ def encode_text(tokenizer, text: str, prepend_bos: bool, first_position: int = 0
 
     Positions before `first_position` (the SAE's training `seqpos_slice` start: the attention sink, whose
     residual norm is ~100x the rest in SmolLM2) are not counted either."""
-    ids = _text_ids(tokenizer, text)
+    ids = text_ids(tokenizer, text)
     if prepend_bos and tokenizer.bos_token_id is not None:
         ids = [tokenizer.bos_token_id] + ids
         mask = [False] + [True] * (len(ids) - 1)

