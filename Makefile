@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 EXPERIMENTS := secrecy panic inner_conflict sycophancy sarcasm toxic_persona ai_entity
 
-.PHONY: setup run test results results-em tables clean-venv
+.PHONY: setup run test results results-em tables sae clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,12 @@ results-em: setup
 	@if [ -d results/em_risky_finance ]; then mkdir -p runs/replaced && mv results/em_risky_finance runs/replaced/em_risky_finance.$$(date +%s); fi
 	$(PY) -m psm_repro finetune experiment=em_risky_finance hydra.run.dir=results/em_risky_finance
 	$(PY) -m psm_repro tables
+
+# The embedded model's SAE from scratch: finish (or check) the committed corpus, then train (~1 h on 2 cores;
+# a killed run resumes from its checkpoint when re-run). The SAE already in saes/ is moved aside, never overwritten.
+sae: setup
+	$(PY) -m psm_repro build-corpus
+	$(PY) -m psm_repro train-sae
 
 tables: setup
 	$(PY) -m psm_repro tables

@@ -177,7 +177,7 @@ def _measure(model: HookedModel, sae, cfg: TrainSAEConfig, corpus: Corpus, seed:
             "lr": cfg.lr, "b_dec_init": cfg.b_dec_init, "dead_feature_window": cfg.dead_feature_window,
             "aux_loss_coefficient": cfg.aux_loss_coefficient, "activation_dtype": cfg.activation_dtype,
             "seed": seed, "corpus_dir": cfg.corpus,
-            "corpus": {k: corpus.manifest[k] for k in ("sources", "slices", "overlap", "heldout")},
+            "corpus": {k: corpus.manifest[k] for k in ("sources", "slices", "overlap", "heldout", "shards")},
             "heldout": {"slices": slices, "dead_fraction": dead}, "meets": meets(slices, dead)}
 
 
