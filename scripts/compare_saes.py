@@ -6,7 +6,7 @@ control), and how many of the top 10 are significant. Lexicality is measured on 
 documents (every slice, tokens the SAEs never trained on; the same tokens for both SAEs): the share of a latent's
 100 largest activations taken by its single most common token. 1.0 means a one-token detector.
 
-    python scripts/compare_saes.py smollm2_135m_l15_topk_v1 smollm2_135m_l15_topk_v2 > results/sae_comparison.md
+    python scripts/compare_saes.py smollm2_135m_l15_topk_v1 smollm2_135m_l15_topk_v2 > docs/sae_comparison.md
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main(names: list[str]) -> None:
                         sum(r["significant"] for r in top), "top_score": s["top_score"],
                         "chance_p95": s["shuffled_max_score_p95"]})
             r = raw[-1]
-            rows.append(f"| {r['persona']} | {n} | {r['top_feature']} | {r['top_tokens'][:40]} | "
+            rows.append(f"| {r['persona']} | {n} | {r['top_feature']} | {r['top_tokens'].replace(' | ', ' / ')[:40]} | "
                         f"{r['lexicality_top1']:.2f} ({r['lexical_token']!r}) | {r['single_token_in_top10']}/10 | "
                         f"{r['stability_top10_overlap']}/10 | {r['reuse_rate']:.2f} ({r['reuse_rate_shuffled']:.2f}) | "
                         f"{r['significant_in_top10']}/10 | {r['top_score']:.2f} ({r['chance_p95']:.2f}) |")
