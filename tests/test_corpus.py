@@ -55,7 +55,12 @@ def test_a_killed_build_resumes_and_keeps_finished_chunks(tiny_model, tmp_path):
     (tmp_path / "c" / "generated-00002.safetensors").unlink()  # the chunk a kill interrupted
     again = _build(tiny_model, tmp_path / "c", tmp_path / "exp")
     assert (tmp_path / "c" / "generated-00000.safetensors").read_bytes() == kept
-    assert again["shards"] == first["shards"]  # the re-made chunk is the same: same prompts, same sampling seed
+    # the other shards are untouched; the re-made chunk answers the same prompts (its sampled tokens can differ:
+    # multi-threaded CPU matmuls are not bitwise reproducible, and one flipped sample changes the shard)
+    assert [s for s in again["shards"] if s["file"] != "generated-00002.safetensors"] == \
+        [s for s in first["shards"] if s["file"] != "generated-00002.safetensors"]
+    remade = [d.prompt_index for d in load_shard(tmp_path / "c" / "generated-00002.safetensors")[0]]
+    assert remade and set(remade) <= {10, 11}  # prompts 10-11 of 12, chunk size 5
     with pytest.raises(CorpusError, match="generated-00000.safetensors: written with different max_new_tokens"):
         _build(tiny_model, tmp_path / "c", tmp_path / "exp", max_new_tokens=7)
 
