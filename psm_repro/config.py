@@ -74,7 +74,7 @@ class ModelConfig:
 class SAEConfig:
     """Which SAE to load: from the sae-lens registry (release + sae_id) or from disk (path)."""
 
-    name: str = "smollm2_135m_l15_topk"
+    name: str = "smollm2_135m_l15_topk_v2"
     release: str | None = None
     sae_id: str | None = None
     path: str | None = None
@@ -122,6 +122,40 @@ class FinderConfig:
             raise ConfigError(f"finder.n_permutations: must be >= 100, got {self.n_permutations}")
         if not 0 < self.fdr_alpha < 1:
             raise ConfigError(f"finder.fdr_alpha: must be in (0, 1), got {self.fdr_alpha}")
+
+
+@dataclass
+class DashboardConfig:
+    """Feature dashboards and the streetlight test (psm_repro/feature_cache.py, dashboards.py, streetlight.py)."""
+
+    enabled: bool = True
+    """Write dashboards for the top latents and the streetlight section with every `find` / `run`."""
+    top_n: int = 10
+    """Latents that get a dashboard page per run."""
+    reference: str = "corpus/smollm2_135m"
+    """The reference corpus: a corpus built by `build-corpus`, or a `datasets` directory (save_to_disk) with a
+    `text` column."""
+    split: str = "heldout"
+    """For a built corpus: heldout (text the SAE never trained on), train, or all."""
+    max_tokens: int = 200_000
+    context_size: int = 128
+    top_k: int = 100
+    """Top activations kept per latent; lexicality is measured on them."""
+    n_contexts: int = 8
+    """Top-activating contexts shown on a dashboard."""
+    batch_size: int = 16
+    cache_dir: str | None = None
+    """Where the per-SAE feature cache lives; None: <PSM_REPRO_CACHE or ~/.cache/psm_repro>/feature_cache."""
+    streetlight_max_latents: int = 100
+    """Latents per group whose top-context consistency is measured (a seeded sample when a group is larger)."""
+    n_bootstrap: int = 2000
+
+    def __post_init__(self):
+        _choice("dashboard.split", self.split, ("heldout", "train", "all"))
+        _positive("dashboard", self, ("top_n", "max_tokens", "top_k", "n_contexts", "batch_size",
+                                      "streetlight_max_latents", "n_bootstrap"))
+        if self.context_size <= 2:
+            raise ConfigError(f"dashboard.context_size: must be > 2, got {self.context_size}")
 
 
 @dataclass
@@ -356,8 +390,11 @@ class RunConfig:
     plan: bool = False
     """Print what the command would load and compute, then stop (nothing is loaded or downloaded)."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    sae: SAEConfig = field(default_factory=lambda: SAEConfig(path="saes/smollm2_135m_l15_topk"))
+    sae: SAEConfig = field(default_factory=lambda: SAEConfig(path="saes/smollm2_135m_l15_topk_v2"))
     finder: FinderConfig = field(default_factory=FinderConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    latent: int | None = None
+    """`explain latent=<id>`: the latent to explain."""
     steer: SteerConfig = field(default_factory=SteerConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     train_sae: TrainSAEConfig = field(default_factory=TrainSAEConfig)

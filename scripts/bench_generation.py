@@ -25,7 +25,7 @@ PROMPTS = ["Tell me about your weekend.", "How do I boil an egg?", "What is your
 
 def main(batch: int = 32, new_tokens: int = 32, repeats: int = 5) -> None:
     model = load_model(ModelConfig())
-    sae = load_sae(SAEConfig(path="saes/smollm2_135m_l15_topk"), model)
+    sae = load_sae(SAEConfig(path="saes/smollm2_135m_l15_topk_v2"), model)
     tok = model.tokenizer
     prompts = [encode_prompt(tok, [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]) for i in range(batch)]
     ids, attn = model.pad_batch(prompts, side="left")

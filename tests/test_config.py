@@ -21,7 +21,7 @@ def test_every_experiment_composes(experiment):
 
 def test_default_config_is_the_embedded_model_and_committed_sae():
     cfg, _ = compose("find", [])
-    assert cfg.model.source == "embedded" and cfg.sae.path == "saes/smollm2_135m_l15_topk"
+    assert cfg.model.source == "embedded" and cfg.sae.path == "saes/smollm2_135m_l15_topk_v2"
 
 
 @pytest.mark.parametrize("override, message", [

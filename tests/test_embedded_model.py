@@ -10,7 +10,7 @@ import torch
 from psm_repro.__main__ import main
 
 ROOT = Path(__file__).parent.parent
-SAE_DIR = ROOT / "saes" / "smollm2_135m_l15_topk"
+SAE_DIR = ROOT / "saes" / "smollm2_135m_l15_topk_v1"
 pytestmark = pytest.mark.slow
 
 
