@@ -23,6 +23,8 @@ commands:
   finetune   emergent misalignment: narrow fine-tune + control, broad misalignment, latent diff, steering
   judge      score replies (JSONL with prompt, reply) with a persona's judge: trait, coherence, headline score
   validate-judge  each persona judge's AUROC against blind reading labels on real replies (out of fold)
+  explain    a dashboard for any latent: top contexts from the reference corpus, density, lexicality,
+             promoted tokens, activations on the persona's items (explain latent=123)
 
 options:
   -m, --multirun  Hydra multirun: comma-separated overrides sweep, one run directory each
@@ -36,8 +38,10 @@ examples:
   python -m psm_repro finetune experiment=em_risky_finance
   python -m psm_repro judge persona=sarcasm judge.input=replies.jsonl judge.output=scored.jsonl
   python -m psm_repro validate-judge
+  python -m psm_repro explain latent=123 persona=panic
 """
-COMMANDS = ("run", "find", "steer", "tables", "build-corpus", "train-sae", "bench", "finetune", "judge", "validate-judge")
+COMMANDS = ("run", "find", "steer", "tables", "build-corpus", "train-sae", "bench", "finetune", "judge", "validate-judge",
+            "explain")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 logger = logging.getLogger("psm_repro")
 
@@ -196,6 +200,12 @@ def _dispatch(command: str, cfg, run_dir: Path) -> int:
         out = project_path(cfg.judge.out_dir or f"runs/judge_validation/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
         validate_judges(cfg, out)
         print((out / "validity.md").read_text())
+    elif command == "explain":
+        from psm_repro.explain import explain
+
+        out, md = explain(cfg, run_dir)
+        print(md)
+        print(f"pages in {out}")
     elif command == "build-corpus":
         m = pipeline.build_corpus(cfg)
         sl = m["slices"]

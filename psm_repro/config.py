@@ -149,11 +149,13 @@ class DashboardConfig:
     streetlight_max_latents: int = 100
     """Latents per group whose top-context consistency is measured (a seeded sample when a group is larger)."""
     n_bootstrap: int = 2000
+    ordinary_latents: int = 10
+    """For a persona with an `ordinary` file: how many of its top narrative latents are read on ordinary chats."""
 
     def __post_init__(self):
         _choice("dashboard.split", self.split, ("heldout", "train", "all"))
         _positive("dashboard", self, ("top_n", "max_tokens", "top_k", "n_contexts", "batch_size",
-                                      "streetlight_max_latents", "n_bootstrap"))
+                                      "streetlight_max_latents", "n_bootstrap", "ordinary_latents"))
         if self.context_size <= 2:
             raise ConfigError(f"dashboard.context_size: must be > 2, got {self.context_size}")
 

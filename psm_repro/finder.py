@@ -206,7 +206,7 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
     gen = torch.Generator().manual_seed(seed + 99)
     # 200 draws: with 20, the "p95" is the runner-up of 20 and a chance top score beats it ~10% of the time
     null_max = _shuffled_max_scores(full, gen, draws=200)
-    reuse, reuse_null, sig_a, sig_n = _reuse_rate(full, cfg, gen)
+    reuse, reuse_null, sig_a_F, sig_n_F = _reuse_rate(full, cfg, gen)
     dense = _dense_baseline(acts, seed)
     rows = []
     for rank, f in enumerate(order[: cfg.top_n].tolist(), start=1):
@@ -240,10 +240,12 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
         "stability_top10_overlap": top10_overlap,
         "replicating_in_top10": sum(r["replicates"] for r in rows[:10]),
         "reuse_rate": reuse, "reuse_rate_shuffled": reuse_null,
-        "assistant_significant": sig_a, "narrative_significant": sig_n,
+        "assistant_significant": int(sig_a_F.sum()), "narrative_significant": int(sig_n_F.sum()),
         "n_pairs": {"narrative": len(persona.narrative), "assistant": len(persona.assistant)},
     }
-    return FinderResult(rows, summary, max_act, freq, dense["direction"], resid_norm)
+    extra = {"set_latents": {s: acts[s].latents_NF for s in SETS}, "narrative_effect": full["narrative_effect"],
+             "significant_assistant": sig_a_F, "significant_narrative": sig_n_F}
+    return FinderResult(rows, summary, max_act, freq, dense["direction"], resid_norm, extra)
 
 
 def _stability(acts: dict[str, ItemActs], cfg: FinderConfig, seed: int) -> tuple[list[torch.Tensor], int]:
@@ -275,9 +277,10 @@ def _shuffled_max_scores(full: dict, gen: torch.Generator, draws: int) -> list[f
     return out
 
 
-def _reuse_rate(full: dict, cfg: FinderConfig, gen: torch.Generator) -> tuple[float, float, int, int]:
-    """Of latents significant on assistant chats, the fraction also significant on narratives,
-    and the same fraction with the narrative labels shuffled (what chance alone gives)."""
+def _reuse_rate(full: dict, cfg: FinderConfig, gen: torch.Generator
+                ) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Of latents significant on assistant chats, the fraction also significant on narratives, the same
+    fraction with the narrative labels shuffled (what chance alone gives), and the two (F,) significance masks."""
     tested = full["active"]
 
     def significant(p: torch.Tensor) -> np.ndarray:
@@ -292,8 +295,8 @@ def _reuse_rate(full: dict, cfg: FinderConfig, gen: torch.Generator) -> tuple[fl
     sig_shuffled = significant(shuffled_p)
     n_a = int(sig_a.sum())
     if not n_a:
-        return float("nan"), float("nan"), 0, int(sig_n.sum())
-    return float((sig_a & sig_n).sum() / n_a), float((sig_a & sig_shuffled).sum() / n_a), n_a, int(sig_n.sum())
+        return float("nan"), float("nan"), sig_a, sig_n
+    return float((sig_a & sig_n).sum() / n_a), float((sig_a & sig_shuffled).sum() / n_a), sig_a, sig_n
 
 
 def _subset(a: ItemActs, idx: np.ndarray) -> ItemActs:

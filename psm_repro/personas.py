@@ -53,6 +53,8 @@ class Persona:
     pairs: list[Pair] = field(default_factory=list)
     judge: Judge | None = None
     path: Path | None = None
+    ordinary: Path | None = None
+    """Ordinary chats with matched prose (psm_repro/ordinary.py) on which the narrative latents are read."""
 
     @property
     def has_eval(self) -> bool:
@@ -148,6 +150,11 @@ def load_persona(path: str | Path, shipped: bool = False) -> Persona:
     persona = Persona(name=data["name"], description=data["description"], narrative=search["narrative"],
                       narrative_neutral=search["narrative_neutral"], assistant=search["assistant"],
                       assistant_neutral=search["assistant_neutral"], path=path)
+    if "ordinary" in data:
+        ordinary = PROJECT_ROOT / "experiments" / str(data["ordinary"])
+        if not ordinary.is_file():
+            chk.fail(f"ordinary: no file {ordinary} (a path under experiments/)", "ordinary")
+        persona.ordinary = ordinary
     ev = data.get("eval")
     if ev is None:
         if shipped:

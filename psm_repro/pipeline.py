@@ -12,6 +12,8 @@ import torch
 from psm_repro import report
 from psm_repro.chat import ChatEncodingError, chat_format, encode_chat, encode_prompt
 from psm_repro.config import RunConfig
+from psm_repro.explain import COLUMNS as EXPLAIN_COLUMNS, annotate_run
+from psm_repro.feature_cache import check_reference
 from psm_repro.finder import FEATURE_COLUMNS, find_features
 from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, project_path
 from psm_repro.outputs import claim_run_dir, manifest, write_csv, write_json, write_jsonl, write_text
@@ -56,15 +58,21 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
     persona = resolve_persona(cfg.persona, cfg.persona_file)
     out_dir = claim_run_dir(out_dir)
     system = system_prompt(persona) if steer_too and persona.prompts else None
+    if cfg.dashboard.enabled:
+        check_reference(cfg.dashboard)
     model = load_model(cfg.model, before_weights=lambda tok: check_encodable(persona, tok, system), sae=cfg.sae)
     sae = load_sae(cfg.sae, model)
 
     # 1. which latents fire on both the narrative and the assistant trait sets?
     found = find_features(model, sae, persona, cfg.finder, cfg.seed, _neuronpedia_id(cfg, sae))
     logger.info("finder: %.1f s since start", time.time() - start)
-    write_csv(out_dir / "features.csv", found.rows, FEATURE_COLUMNS)
     summary = {"experiment": cfg.experiment_name, "persona": persona.name, "model": cfg.model.name,
                "sae": cfg.sae.name, "hook": sae.cfg.metadata.hook_name, "seed": cfg.seed, "finder": found.summary}
+
+    # what do the found latents mean? dashboards, lexicality and the streetlight test (feature cache)
+    if cfg.dashboard.enabled:
+        summary.update(annotate_run(model, sae, cfg, found, persona, out_dir, _neuronpedia_id(cfg, sae)))
+    write_csv(out_dir / "features.csv", found.rows, FEATURE_COLUMNS + EXPLAIN_COLUMNS)
 
     # 2. does injecting it make the assistant show the trait, beyond the controls?
     if steer_too:

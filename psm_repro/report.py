@@ -57,6 +57,10 @@ def render_summary(summary: dict, rows: list[dict]) -> str:
               f"- Reuse rate: {_f(f['reuse_rate'])} of the {f['assistant_significant']} latents significant on "
               f"assistant chats are also significant on narratives (shuffled-label expectation "
               f"{_f(f['reuse_rate_shuffled'])}).", ""]
+    if summary.get("streetlight"):
+        lines += _meaning_section(summary["streetlight"], rows)
+    if summary.get("ordinary"):
+        lines += ordinary_section(summary["ordinary"])
     s = summary.get("steering")
     if s:
         h = s["headline"]
@@ -91,6 +95,99 @@ def render_summary(summary: dict, rows: list[dict]) -> str:
                   "Full dose-response (trait, coherence and headline side by side): `steering.csv`, "
                   "`dose_response.png`; replies with their three scores: `samples.jsonl`.", ""]
     return "\n".join(lines)
+
+
+PROXY_WORDS = {"lexicality": "lexicality", "log10_density": "log10 density",
+               "context_consistency": "top-context consistency"}
+
+
+def _meaning_section(sl: dict, rows: list[dict]) -> list[str]:
+    """What the top latents fire on in the reference corpus, and the streetlight test."""
+    lines = ["## What the top latents are", "",
+             f"From a scan of {sl['reference_tokens']:,} reference-corpus tokens (dashboards: `dashboards/`, "
+             "overview `dashboards.png`). Lexicality: share of a latent's top 100 corpus activations taken by its "
+             "most common token.", "",
+             "| rank | latent | density | lexicality (token) | promotes |", "|---|---|---|---|---|"]
+    for r in rows[:10]:
+        if r.get("density") is None:
+            continue
+        lines.append(f"| {r['rank']} | [{r['feature']}](dashboards/latent_{r['feature']}.md) | "
+                     f"{float(r['density']):.2%} | {_f(r['lexicality'], 2)} (`{r['lexical_token']}`) | "
+                     f"{str(r['promoted_tokens']).replace('|', '/')} |")
+    lines += ["", "### Streetlight test", "",
+              f"Latents significant on the assistant contrast: {sl['n_reused']} also significant on narratives "
+              f"(reused), {sl['n_assistant_only']} not (assistant-only). Difference of group means (reused - "
+              "assistant-only), 95% BCa interval over latents, and the shuffled-group control (p, null 95% range):",
+              "", "| proxy | reused | assistant-only | difference [95% CI] | p shuffled | null 95% |",
+              "|---|---|---|---|---|---|"]
+    for name, c in sl["proxies"].items():
+        lines.append(f"| {PROXY_WORDS.get(name, name)} | {_f(c['mean_a'])} (n={c['n_a']}) | {_f(c['mean_b'])} "
+                     f"(n={c['n_b']}) | {_f(c['diff'])} [{_f(c['ci_low'])}, {_f(c['ci_high'])}] | "
+                     f"{_f(c['p_shuffled'])} | [{_f(c['null_low'])}, {_f(c['null_high'])}] |")
+    lines += ["", streetlight_verdict(sl), ""]
+    return lines
+
+
+def streetlight_verdict(sl: dict) -> str:
+    """One plain sentence: which proxies separate the groups beyond the shuffled control, and in which direction."""
+    said = []
+    for name, c in sl["proxies"].items():
+        p = c.get("p_shuffled")
+        if p is None or p != p:
+            said.append(f"{PROXY_WORDS.get(name, name)}: too few latents to test")
+        elif p < 0.05:
+            said.append(f"{PROXY_WORDS.get(name, name)} is {'higher' if c['diff'] > 0 else 'lower'} for reused latents "
+                        f"(p={p:.3f})")
+        else:
+            said.append(f"{PROXY_WORDS.get(name, name)}: no difference beyond chance (p={p:.2f})")
+    return "Verdict: " + "; ".join(said) + "."
+
+
+def _v(d: dict, pct: bool = False) -> str:
+    if pct:
+        return f"{d['value']:.2%} [{d['ci_low']:.2%}, {d['ci_high']:.2%}]"
+    return f"{_f(d['value'])} [{_f(d['ci_low'])}, {_f(d['ci_high'])}]"
+
+
+def ordinary_section(o: dict) -> list[str]:
+    """The narrative latents on ordinary chats vs the same content as prose (psm_repro/ordinary.py)."""
+    lines = ["## Its narrative latents in ordinary chats", ""]
+    if o.get("skipped"):
+        return lines + [f"Not measured: {o['skipped']}.", ""]
+    g = o["groups"]
+    lines += [f"The top {len(o['latents'])} latents of the narrative contrast ({', '.join(map(str, o['latents']))}) "
+              f"read on {o['n_items']} ordinary chats on unrelated topics (`{o['file']}`) and on the same content "
+              "written as prose; baseline: density-matched random latents "
+              f"({', '.join(map(str, o['random_latents']))}). Share of (token, latent) pairs that fire, per item, "
+              "mean and 95% BCa interval over items:", "",
+              "| tokens | narrative latents | random latents |", "|---|---|---|"]
+    for grp, words in (("template", "chat template (role markers, default system prompt)"),
+                       ("user", "user's words"), ("assistant", "assistant's words"), ("prose", "same content as prose")):
+        lines.append(f"| {words} | {_v(g['ai'][grp]['rate'], True)} | {_v(g['random'][grp]['rate'], True)} |")
+    lines += ["", "Paired differences against the prose (firing share; mean activation), and narrative minus random "
+              "latents:", "", "| contrast | narrative latents | random latents | narrative - random |",
+              "|---|---|---|---|"]
+    for key, c in o["contrasts"].items():
+        for metric in ("rate", "mean"):
+            m = c[metric]
+            pct = metric == "rate"
+            lines.append(f"| {key.replace('_', ' ')} ({'share' if pct else 'mean'}) | {_v(m['ai'], pct)} | "
+                         f"{_v(m['random'], pct)} | {_v(m['ai_minus_random'], pct)} |")
+    a = o["contrasts"]["assistant_minus_prose"]["rate"]["ai_minus_random"]
+    t = o["contrasts"]["template_minus_prose"]["rate"]["ai_minus_random"]
+    lines += ["", f"Verdict: on the assistant's own words the narrative latents fire "
+              f"{_word(a)} than on the same content as prose, beyond the random baseline; on template tokens "
+              f"{_word(t)}. Items where any of them fires on the assistant's words: "
+              f"{o['items_with_any_firing']['assistant']:.0%} (prose: {o['items_with_any_firing']['prose']:.0%}).", ""]
+    return lines
+
+
+def _word(d: dict) -> str:
+    if d["ci_low"] > 0:
+        return "more"
+    if d["ci_high"] < 0:
+        return "less"
+    return "no more or less (the interval spans 0)"
 
 
 def _n(h: dict) -> str:

@@ -74,9 +74,48 @@ def render(results_dir: Path) -> str:
                          f"{_cell(h, 'vs_unsteered')} | {_cell(h, 'vs_random_latent')} | "
                          f"{_cell(h, 'vs_dense_direction')} | {_cell(h, 'vs_system_prompt')} | "
                          f"{_f(st['judge_auroc'], 2)}{flag} |")
+    lines += _meaning_sections(runs)
     lines += _em_section(em_runs)
     lines += _bench_sections(results_dir)
     return "\n".join(lines) + "\n"
+
+
+def _meaning_sections(runs: list[tuple[str, dict]]) -> list[str]:
+    """Lexicality of each card's top latent, the streetlight test per persona, and the ordinary-chat check."""
+    lit = [(n, s) for n, s in runs if s.get("streetlight")]
+    if not lit:
+        return []
+    lines = ["", "## What the latents are: the streetlight test", "",
+             "Reused = significant on the assistant and the narrative contrast; assistant-only = significant on the "
+             "assistant contrast alone. Cells: reused - assistant-only, 95% BCa interval over latents, and the "
+             "shuffled-group p. Lexicality: share of a latent's top-100 reference activations on its most common "
+             "token.", "",
+             "| run | reused / assistant-only | lexicality | log10 density | top-context consistency | "
+             "top latent's lexicality |", "|---|---|---|---|---|---|"]
+    for name, s in lit:
+        sl = s["streetlight"]
+
+        def cell(p: str) -> str:
+            c = sl["proxies"][p]
+            return f"{_f(c['diff'], 2)} [{_f(c['ci_low'], 2)}, {_f(c['ci_high'], 2)}] (p {_f(c['p_shuffled'], 3)})"
+
+        lines.append(f"| [{name}]({name}/summary.md) | {sl['n_reused']} / {sl['n_assistant_only']} | "
+                     f"{cell('lexicality')} | {cell('log10_density')} | {cell('context_consistency')} | "
+                     f"{_f(sl.get('top_lexicality'), 2)} ({sl.get('top_lexical_token', '')}) |")
+    for name, s in runs:
+        o = s.get("ordinary")
+        if not o or o.get("skipped"):
+            continue
+        lines += ["", f"## Narrative latents in ordinary chats (`{name}`)", "",
+                  "Share of (token, latent) pairs firing, minus the same content as prose, per item; "
+                  "narrative latents minus density-matched random latents, 95% BCa interval over items.", "",
+                  "| tokens | narrative latents | random latents | narrative - random |", "|---|---|---|---|"]
+        for key in ("assistant_minus_prose", "user_minus_prose", "template_minus_prose"):
+            m = o["contrasts"][key]["rate"]
+            lines.append(f"| {key.split('_')[0]} - prose | " + " | ".join(
+                f"{m[k]['value']:.2%} [{m[k]['ci_low']:.2%}, {m[k]['ci_high']:.2%}]"
+                for k in ("ai", "random", "ai_minus_random")) + " |")
+    return lines
 
 
 def _em_section(runs: list[tuple[str, dict]]) -> list[str]:

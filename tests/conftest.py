@@ -143,3 +143,24 @@ def write_persona(path: Path, name: str = "planted", n: int = 12, marker: str = 
     out = path / f"{name}.yaml"
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
+
+
+def write_reference(path: Path, n: int = 80, marker: str = "zorblax", seed: int = 0) -> Path:
+    """A tiny reference corpus for dashboards: a `datasets` directory (save_to_disk) with a `text` column;
+    every third text holds the marker word."""
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    texts = [sentence(rng, 12, [marker] if i % 3 == 0 else []) for i in range(n)]
+    Dataset.from_dict({"text": texts}).save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir(tmp_path_factory) -> Path:
+    return write_reference(tmp_path_factory.mktemp("reference") / "ds")
+
+
+def dashboard_overrides(reference: Path, cache_dir: Path) -> list[str]:
+    return [f"dashboard.reference={reference}", f"dashboard.cache_dir={cache_dir}", "dashboard.context_size=32",
+            "dashboard.top_n=3", "dashboard.n_bootstrap=200"]

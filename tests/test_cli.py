@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from psm_repro.__main__ import main
-from conftest import write_persona
+from conftest import dashboard_overrides, write_persona
 
 ROOT = Path(__file__).parent.parent
 
@@ -40,10 +40,11 @@ def test_bad_override_is_one_line_without_traceback(override, needle):
 
 
 @pytest.fixture()
-def tiny_overrides(tiny_model_dir, tiny_sae_dir, tmp_path):
+def tiny_overrides(tiny_model_dir, tiny_sae_dir, reference_dir, tmp_path):
     persona = write_persona(tmp_path, n=12)
     return [f"model=hf_local", f"model.path={tiny_model_dir}", "model.device=cpu", "sae=local",
-            f"sae.path={tiny_sae_dir}", f"persona_file={persona}", "finder.n_permutations=500"]
+            f"sae.path={tiny_sae_dir}", f"persona_file={persona}", "finder.n_permutations=500",
+            *dashboard_overrides(reference_dir, tmp_path / "feature_cache")]
 
 
 def test_find_writes_features_with_the_required_columns(tiny_overrides, tmp_path, capsys):
@@ -52,11 +53,34 @@ def test_find_writes_features_with_the_required_columns(tiny_overrides, tmp_path
     with open(out / "features.csv") as fh:
         header = next(csv.reader(fh))
     for col in ["rank", "feature", "score", "narrative_effect", "assistant_effect", "narrative_p", "assistant_p",
-                "max_activation", "top_tokens"]:
+                "max_activation", "top_tokens", "density", "lexicality", "lexical_token", "promoted_tokens"]:
         assert col in header
     assert (out / "summary.md").exists() and (out / "manifest.json").exists()
+    # dashboards for the top 3 latents (dashboard.top_n=3), the overview figure, and the streetlight section
+    assert len(list((out / "dashboards").glob("latent_*.html"))) == 3 == len(list((out / "dashboards").glob("*.md")))
+    assert (out / "dashboards.png").stat().st_size > 10_000
+    card = (out / "summary.md").read_text()
+    assert "## What the top latents are" in card and "### Streetlight test" in card and "Verdict:" in card
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["streetlight"]["proxies"]) == {"lexicality", "log10_density", "context_consistency"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["versions"]["torch"] and manifest["data_files"]
+
+
+def test_explain_writes_a_dashboard_for_any_latent_and_refuses_bad_ids(tiny_overrides, tmp_path, capsys):
+    assert main(["explain", *tiny_overrides, "latent=5", f"hydra.run.dir={tmp_path / 'ex'}"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# Latent 5") and "Top contexts" in printed and "assistant trait" in printed
+    assert (tmp_path / "ex" / "latent_5.html").exists() and (tmp_path / "ex" / "explain.md").exists()
+    for i, (bad, needle) in enumerate((("latent=256", "latent=256: out of range"),
+                                       ("latent=-1", "latent=-1: out of range"),
+                                       ("dashboard.reference=/nowhere", "dashboard.reference: /nowhere"))):
+        args = ["explain", *tiny_overrides, "latent=5", bad, f"hydra.run.dir={tmp_path / f'bad{i}'}"]
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+    assert main(["explain", *tiny_overrides, f"hydra.run.dir={tmp_path / 'none'}"]) == 1
+    assert "latent: required" in capsys.readouterr().err
 
 
 def test_runs_never_overwrite_earlier_results(tiny_overrides, tmp_path, capsys):

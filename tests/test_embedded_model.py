@@ -80,7 +80,8 @@ def test_vertical_slice_on_a_few_prompts(tmp_path, capsys):
     out = tmp_path / "slice"
     code = main(["run", "experiment=steer_secrecy", "steer.n_prompts=4", "steer.samples_per_prompt=1",
                  "steer.max_new_tokens=10", "steer.coefficients=[0,4]", "steer.n_bootstrap=200",
-                 "finder.n_permutations=2000", f"hydra.run.dir={out}"])
+                 "finder.n_permutations=2000", "dashboard.max_tokens=16000", f"dashboard.cache_dir={tmp_path / 'cache'}",
+                 f"hydra.run.dir={out}"])
     assert code == 0
     with open(out / "features.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -88,3 +89,6 @@ def test_vertical_slice_on_a_few_prompts(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steering"]["feature"] == int(rows[0]["feature"])
     assert (out / "samples.jsonl").read_text().count("\n") == 4 * (2 + 3)
+    # dashboards of the real SAE on the real corpus: every top context peaks on its latent's own activation
+    page = (out / "dashboards" / f"latent_{rows[0]['feature']}.md").read_text()
+    assert page.count("[[") >= 3 and float(rows[0]["density"]) > 0 and rows[0]["lexical_token"]

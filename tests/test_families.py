@@ -12,7 +12,7 @@ from psm_repro.chat import cut_made_up_turn, encode_chat, encode_prompt
 from psm_repro.config import ModelConfig
 from psm_repro.loading import load_model
 from psm_repro.steering import generate, stop_ids
-from conftest import save_tiny_sae, write_persona
+from conftest import dashboard_overrides, save_tiny_sae, write_persona, write_reference
 from families import FAMILIES, build_family_model
 
 SHIPPED_EXPERIMENT = {"gemma2": "steer_secrecy", "llama31": "steer_panic", "gpt2": "steer_toxic_persona",
@@ -30,7 +30,7 @@ def family(request, tmp_path_factory):
     persona = write_persona(root, n=10, system=True)
     overrides = [f"model={fam.config}", f"model.path={model_dir}", "model.device=cpu", "model.dtype=float32",
                  "sae=local", f"sae.path={sae_dir}", f"persona_file={persona}", "finder.n_permutations=200",
-                 "finder.min_active_items=1"]
+                 "finder.min_active_items=1", *dashboard_overrides(write_reference(root / "reference"), root / "cache")]
     model = load_model(ModelConfig(name=fam.config, path=str(model_dir), device="cpu", chat=fam.template is not None))
     return fam, root, overrides, model
 

@@ -1,0 +1,79 @@
+"""The AI-entity check on ordinary chats: token groups from the real template, a planted template-token latent,
+hand-computed contrasts and the density-matched baseline."""
+
+import numpy as np
+import pytest
+import torch
+
+from psm_repro.config import SAEConfig
+from psm_repro.loading import load_sae
+from psm_repro.ordinary import OrdinaryItem, chat_roles, load_items, ordinary_check, pick_latents, summarise
+from psm_repro.personas import PersonaError, load_persona
+from conftest import save_tiny_sae
+
+ITEM = OrdinaryItem("cooking", "the garden ?", "she kept the book", "she kept the book")
+
+
+def test_chat_tokens_are_split_into_template_user_and_assistant_words(tiny_model):
+    ids, roles = chat_roles(tiny_model.tokenizer, ITEM)
+    toks = tiny_model.tokenizer.convert_ids_to_tokens(ids)
+    words = {g: [t for t, r in zip(toks, roles) if r == g] for g in ("template", "user", "assistant")}
+    assert words["user"] == ["the", "garden", "?"]
+    assert words["assistant"] == ["she", "kept", "the", "book"]
+    # the fixture's template adds a default system prompt, as SmolLM2's does: template tokens, not content
+    assert words["template"][:2] == ["<|im_start|>", "system"] and "helpful" in words["template"]
+    assert words["template"].count("<|im_end|>") == 3
+
+
+def test_a_latent_planted_on_a_template_word_fires_on_template_tokens_only(tiny_model, tmp_path):
+    hook = "blocks.0.hook_resid_post"
+    tok = tiny_model.tokenizer
+    # a latent reading the embedding of "helpful" (in the default system prompt, never in the item's words)
+    w = tiny_model.model.get_input_embeddings().weight.detach()
+    target = w[tok.convert_tokens_to_ids("helpful")]
+    ids, roles = chat_roles(tok, ITEM)
+    acts = tiny_model.activations(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), hook)[0]
+    score = acts @ target / target.norm()
+    on = torch.tensor([t == tok.convert_tokens_to_ids("helpful") for t in ids])
+    threshold = (score[on].min() + score[~on].max()) / 2
+    assert score[on].min() > score[~on].max()
+    W_enc = torch.zeros(64, 4)
+    W_enc[:, 0] = target / target.norm()
+    b_enc = torch.tensor([-float(threshold), -1e6, -1e6, -1e6])
+    sae = load_sae(SAEConfig(name="p", path=str(save_tiny_sae(tmp_path / "p", 64, 4, hook, W_enc=W_enc,
+                                                              b_enc=b_enc))), tiny_model)
+    out = ordinary_check(tiny_model, sae, [ITEM, ITEM], [0], [1], prepend_bos=False, n_bootstrap=100, seed=0)
+    g = out["groups"]["ai"]
+    n_template = roles.count("template")
+    assert g["template"]["rate"]["value"] == pytest.approx(1 / n_template)
+    assert g["user"]["rate"]["value"] == g["assistant"]["rate"]["value"] == g["prose"]["rate"]["value"] == 0
+    assert out["contrasts"]["template_minus_prose"]["rate"]["ai_minus_random"]["value"] == pytest.approx(1 / n_template)
+
+
+def test_contrasts_and_the_random_baseline_on_hand_made_activations():
+    ones, zeros = torch.ones(4, 2), torch.zeros(4, 2)
+    half = torch.tensor([[1.0, 0.0]] * 4)
+    ai = {"template": [zeros] * 3, "user": [zeros] * 3, "assistant": [ones * 2] * 3, "prose": [half] * 3}
+    rnd = {"template": [zeros] * 3, "user": [zeros] * 3, "assistant": [half] * 3, "prose": [half] * 3}
+    out = summarise(ai, rnd, n_bootstrap=100, seed=0)
+    c = out["contrasts"]["assistant_minus_prose"]
+    assert c["rate"]["ai"]["value"] == 0.5 and c["rate"]["random"]["value"] == 0.0
+    assert c["mean"]["ai"]["value"] == pytest.approx(2.0 - 0.5) and c["rate"]["ai_minus_random"]["value"] == 0.5
+    assert out["items_with_any_firing"] == {"assistant": 1.0, "prose": 1.0}
+
+
+def test_latents_are_the_top_narrative_ones_with_density_matched_twins():
+    effect = torch.tensor([0.1, 3.0, 2.0, 5.0, 0.5, 1.0])
+    significant = np.array([True, True, True, False, True, True])  # latent 3 has the top effect but no FDR pass
+    density = torch.tensor([0.001, 0.01, 0.1, 0.5, 0.011, 0.09])
+    ai, rnd = pick_latents(effect, significant, density, n=2, seed=0)
+    assert ai == [1, 2] and rnd == [4, 5]
+
+
+def test_bad_ordinary_files_fail_with_file_and_line(tmp_path):
+    bad = tmp_path / "o.yaml"
+    bad.write_text("name: o\nitems:\n  - topic: a\n    user: b\n    assistant: c\n")
+    with pytest.raises(PersonaError, match=r"o.yaml:3: items\[0\] must have exactly the keys"):
+        load_items(bad)
+    shipped = load_items(load_persona("experiments/personas/ai_entity.yaml").ordinary)
+    assert len(shipped) == 60 and len({i.topic for i in shipped}) == 10
