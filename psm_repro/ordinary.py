@@ -5,8 +5,8 @@ A persona that names an `ordinary` file (experiments/ordinary/*.yaml: chats on e
 same content written as plain prose) gets this check. Its latents are the ones its narrative contrast finds
 (narratives about AI systems vs matched human-character narratives): the top `n` narrative-significant
 latents by narrative effect. On every item they are read at each token of the chat, split into template
-tokens (role markers, special tokens, any default system prompt the template adds), the user's words and the
-assistant's words, and at each token of the prose. Per item: the share of (token, latent) pairs that fire and
+tokens (markup: special tokens, role names; template text: a default system prompt the template adds), the
+user's words and the assistant's words, and at each token of the prose. Per item: the share of (token, latent) pairs that fire and
 the mean activation. Paired differences (assistant words - prose, template - prose) get BCa intervals over
 items, and the same is measured for density-matched random latents (each AI latent paired with the latent of
 nearest reference-corpus density), so a shift every latent shows in chats is not read as an AI-entity effect.
@@ -25,7 +25,8 @@ from psm_repro.chat import fold_system, supports_system
 from psm_repro.loading import sae_encode, sae_first_position, sae_hook_name
 from psm_repro.personas import PersonaError, read_yaml
 
-GROUPS = ("template", "user", "assistant", "prose")
+GROUPS = ("markup", "template_text", "user", "assistant", "prose")
+ROLE_WORDS = {"system", "user", "assistant", "model"}  # a role name right after a special token is markup
 
 
 @dataclass
@@ -52,8 +53,10 @@ def load_items(path: Path) -> list[OrdinaryItem]:
 
 
 def chat_roles(tokenizer, item: OrdinaryItem) -> tuple[list[int], list[str]]:
-    """The chat's token ids as the template renders them, and each token's group (template/user/assistant),
-    from character offsets: a token belongs to a message when it starts inside that message's text."""
+    """The chat's token ids as the template renders them, and each token's group, from character offsets: a
+    token belongs to a message (user/assistant) when it starts inside that message's text; the rest are the
+    template's markup (special tokens, role names, newlines) or text the template adds itself (template_text:
+    SmolLM2's default system prompt, "You are a helpful AI assistant named SmolLM...")."""
     messages = [{"role": "user", "content": item.user}, {"role": "assistant", "content": item.assistant}]
     if not supports_system(tokenizer):
         messages = fold_system(messages)
@@ -64,10 +67,21 @@ def chat_roles(tokenizer, item: OrdinaryItem) -> tuple[list[int], list[str]]:
         start = text.index(content, at)
         spans.append((role, start, start + len(content)))
         at = start + len(content)
-    roles = []
-    for a, _ in enc["offset_mapping"]:
-        roles.append(next((r for r, lo, hi in spans if lo <= a < hi), "template"))
-    return list(enc["input_ids"]), roles
+    special = set(tokenizer.all_special_ids)
+    ids = list(enc["input_ids"])
+    words = [tokenizer.decode([t]) for t in ids]
+    roles = [next((r for r, lo, hi in spans if lo <= a < hi), "template_text") for a, _ in enc["offset_mapping"]]
+    for i, t in enumerate(ids):
+        if roles[i] != "template_text":
+            continue
+        if t in special or not words[i].strip():
+            roles[i] = "markup"
+        elif i > 0 and ids[i - 1] in special:  # a role name after a special token, maybe split ("ass", "istant")
+            for j in range(i + 1, min(i + 4, len(ids)) + 1):
+                if "".join(words[i:j]).strip() in ROLE_WORDS:
+                    roles[i:j] = ["markup"] * (j - i)
+                    break
+    return ids, roles
 
 
 @torch.no_grad()
@@ -87,7 +101,7 @@ def read_items(model, sae, items: list[OrdinaryItem], latents: list[int], prepen
         if prepend_bos and bos is not None and ids[:1] != [bos]:
             ids, roles = [bos] + ids, ["bos"] + roles
         acts = _latents(model, sae, ids, latents)
-        for g in ("template", "user", "assistant"):
+        for g in ("markup", "template_text", "user", "assistant"):
             out[g].append(acts[[i for i, r in enumerate(roles) if r == g and i >= first]])
         prose = model.tokenizer(it.prose, add_special_tokens=False)["input_ids"]
         lead = [bos] if prepend_bos and bos is not None else []
@@ -114,7 +128,7 @@ def summarise(ai: dict[str, list[torch.Tensor]], rnd: dict[str, list[torch.Tenso
             rate, mean = per[name][g]
             out["groups"][name][g] = {"rate": _ci(stats.bca_interval(rate, n_bootstrap, seed)),
                                       "mean": _ci(stats.bca_interval(mean, n_bootstrap, seed))}
-    for g in ("assistant", "user", "template"):
+    for g in ("assistant", "user", "markup", "template_text"):
         key = f"{g}_minus_prose"
         out["contrasts"][key] = {}
         for metric, k in (("rate", 0), ("mean", 1)):

@@ -144,6 +144,8 @@ def streetlight_verdict(sl: dict) -> str:
 
 
 def _v(d: dict, pct: bool = False) -> str:
+    if d["value"] != d["value"]:
+        return "n/a (no such tokens)"
     if pct:
         return f"{d['value']:.2%} [{d['ci_low']:.2%}, {d['ci_high']:.2%}]"
     return f"{_f(d['value'])} [{_f(d['ci_low'])}, {_f(d['ci_high'])}]"
@@ -161,7 +163,8 @@ def ordinary_section(o: dict) -> list[str]:
               f"({', '.join(map(str, o['random_latents']))}). Share of (token, latent) pairs that fire, per item, "
               "mean and 95% BCa interval over items:", "",
               "| tokens | narrative latents | random latents |", "|---|---|---|"]
-    for grp, words in (("template", "chat template (role markers, default system prompt)"),
+    for grp, words in (("markup", "template markup (special tokens, role names)"),
+                       ("template_text", "text the template adds (default system prompt)"),
                        ("user", "user's words"), ("assistant", "assistant's words"), ("prose", "same content as prose")):
         lines.append(f"| {words} | {_v(g['ai'][grp]['rate'], True)} | {_v(g['random'][grp]['rate'], True)} |")
     lines += ["", "Paired differences against the prose (firing share; mean activation), and narrative minus random "
@@ -174,15 +177,18 @@ def ordinary_section(o: dict) -> list[str]:
             lines.append(f"| {key.replace('_', ' ')} ({'share' if pct else 'mean'}) | {_v(m['ai'], pct)} | "
                          f"{_v(m['random'], pct)} | {_v(m['ai_minus_random'], pct)} |")
     a = o["contrasts"]["assistant_minus_prose"]["rate"]["ai_minus_random"]
-    t = o["contrasts"]["template_minus_prose"]["rate"]["ai_minus_random"]
-    lines += ["", f"Verdict: on the assistant's own words the narrative latents fire "
-              f"{_word(a)} than on the same content as prose, beyond the random baseline; on template tokens "
-              f"{_word(t)}. Items where any of them fires on the assistant's words: "
+    t = o["contrasts"]["markup_minus_prose"]["rate"]["ai_minus_random"]
+    x = o["contrasts"]["template_text_minus_prose"]["rate"]["ai_minus_random"]
+    lines += ["", f"Verdict (firing share, narrative minus random latents): on the assistant's own words the "
+              f"narrative latents fire {_word(a)} than on the same content as prose; on the template's markup "
+              f"{_word(t)}; on text the template adds {_word(x)}. Items where any of them fires on the assistant's words: "
               f"{o['items_with_any_firing']['assistant']:.0%} (prose: {o['items_with_any_firing']['prose']:.0%}).", ""]
     return lines
 
 
 def _word(d: dict) -> str:
+    if d["value"] != d["value"]:
+        return "n/a (no such tokens)"
     if d["ci_low"] > 0:
         return "more"
     if d["ci_high"] < 0:

@@ -110,9 +110,9 @@ def _meaning_sections(runs: list[tuple[str, dict]]) -> list[str]:
                   "Share of (token, latent) pairs firing, minus the same content as prose, per item; "
                   "narrative latents minus density-matched random latents, 95% BCa interval over items.", "",
                   "| tokens | narrative latents | random latents | narrative - random |", "|---|---|---|---|"]
-        for key in ("assistant_minus_prose", "user_minus_prose", "template_minus_prose"):
+        for key in ("assistant_minus_prose", "user_minus_prose", "markup_minus_prose", "template_text_minus_prose"):
             m = o["contrasts"][key]["rate"]
-            lines.append(f"| {key.split('_')[0]} - prose | " + " | ".join(
+            lines.append(f"| {key.removesuffix('_minus_prose').replace('_', ' ')} - prose | " + " | ".join(
                 f"{m[k]['value']:.2%} [{m[k]['ci_low']:.2%}, {m[k]['ci_high']:.2%}]"
                 for k in ("ai", "random", "ai_minus_random")) + " |")
     return lines

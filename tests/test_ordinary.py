@@ -17,12 +17,14 @@ ITEM = OrdinaryItem("cooking", "the garden ?", "she kept the book", "she kept th
 def test_chat_tokens_are_split_into_template_user_and_assistant_words(tiny_model):
     ids, roles = chat_roles(tiny_model.tokenizer, ITEM)
     toks = tiny_model.tokenizer.convert_ids_to_tokens(ids)
-    words = {g: [t for t, r in zip(toks, roles) if r == g] for g in ("template", "user", "assistant")}
+    words = {g: [t for t, r in zip(toks, roles) if r == g] for g in ("markup", "template_text", "user", "assistant")}
     assert words["user"] == ["the", "garden", "?"]
     assert words["assistant"] == ["she", "kept", "the", "book"]
-    # the fixture's template adds a default system prompt, as SmolLM2's does: template tokens, not content
-    assert words["template"][:2] == ["<|im_start|>", "system"] and "helpful" in words["template"]
-    assert words["template"].count("<|im_end|>") == 3
+    # the fixture's template adds a default system prompt, as SmolLM2's does: template text, not content
+    # ("assistant." is not in the fixture's word vocabulary: one unknown token, a special token, so markup)
+    assert words["template_text"] == ["You", "are", "a", "helpful"]
+    assert words["markup"].count("<|im_end|>") == 3 and words["markup"].count("<|im_start|>") == 3
+    assert set(words["markup"]) <= {"<|im_start|>", "<|im_end|>", "<|endoftext|>", "system", "user", "assistant", "\n"}
 
 
 def test_a_latent_planted_on_a_template_word_fires_on_template_tokens_only(tiny_model, tmp_path):
@@ -44,17 +46,20 @@ def test_a_latent_planted_on_a_template_word_fires_on_template_tokens_only(tiny_
                                                               b_enc=b_enc))), tiny_model)
     out = ordinary_check(tiny_model, sae, [ITEM, ITEM], [0], [1], prepend_bos=False, n_bootstrap=100, seed=0)
     g = out["groups"]["ai"]
-    n_template = roles.count("template")
-    assert g["template"]["rate"]["value"] == pytest.approx(1 / n_template)
-    assert g["user"]["rate"]["value"] == g["assistant"]["rate"]["value"] == g["prose"]["rate"]["value"] == 0
-    assert out["contrasts"]["template_minus_prose"]["rate"]["ai_minus_random"]["value"] == pytest.approx(1 / n_template)
+    n_text = roles.count("template_text")
+    assert g["template_text"]["rate"]["value"] == pytest.approx(1 / n_text)
+    assert g["markup"]["rate"]["value"] == g["user"]["rate"]["value"] == g["assistant"]["rate"]["value"] == 0
+    assert g["prose"]["rate"]["value"] == 0
+    assert out["contrasts"]["template_text_minus_prose"]["rate"]["ai_minus_random"]["value"] == pytest.approx(1 / n_text)
 
 
 def test_contrasts_and_the_random_baseline_on_hand_made_activations():
     ones, zeros = torch.ones(4, 2), torch.zeros(4, 2)
     half = torch.tensor([[1.0, 0.0]] * 4)
-    ai = {"template": [zeros] * 3, "user": [zeros] * 3, "assistant": [ones * 2] * 3, "prose": [half] * 3}
-    rnd = {"template": [zeros] * 3, "user": [zeros] * 3, "assistant": [half] * 3, "prose": [half] * 3}
+    ai = {"markup": [zeros] * 3, "template_text": [zeros] * 3, "user": [zeros] * 3, "assistant": [ones * 2] * 3,
+          "prose": [half] * 3}
+    rnd = {"markup": [zeros] * 3, "template_text": [zeros] * 3, "user": [zeros] * 3, "assistant": [half] * 3,
+           "prose": [half] * 3}
     out = summarise(ai, rnd, n_bootstrap=100, seed=0)
     c = out["contrasts"]["assistant_minus_prose"]
     assert c["rate"]["ai"]["value"] == 0.5 and c["rate"]["random"]["value"] == 0.0
