@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from psm_repro.feature_cache import FeatureCache
+from psm_repro.feature_cache import HIST_EDGES, FeatureCache
 from psm_repro.streetlight import compare, consistency, streetlight
 
 
@@ -57,3 +57,19 @@ def test_groups_and_proxies_come_from_the_significance_masks():
     assert (lex["mean_a"], lex["mean_b"]) == (1.0, 0.25)
     assert dens["mean_a"] == pytest.approx(np.log10(0.01)) and dens["mean_b"] == pytest.approx(np.log10(0.1))
     assert out["proxies"]["context_consistency"]["mean_a"] == pytest.approx(1.0)
+
+
+def test_lexicality_and_quantiles_on_a_hand_built_cache():
+    # latent 0 kept 4 activations on tokens 7, 7, 7, 1 (and one empty slot); latent 1 none
+    seqs = [[7, 7, 7, 1]]
+    top_values = torch.tensor([[5.0, 0.0], [4.0, 0.0], [3.0, 0.0], [2.0, 0.0], [0.0, 0.0]])
+    top_pos = torch.tensor([[0, 0], [1, 0], [2, 0], [3, 0], [0, 0]])
+    hist = torch.zeros(2, len(HIST_EDGES) - 1, dtype=torch.int64)
+    hist[0, 30], hist[0, 40] = 10, 10  # half the positive values in bin 30, half in bin 40
+    cache = FeatureCache(seqs, top_values, torch.zeros(5, 2, dtype=torch.int64), top_pos, torch.tensor([20, 0]),
+                         hist, 100, {})
+    assert cache.lexicality(0) == (0.75, 7, 4)
+    assert np.isnan(cache.lexicality(1)[0]) and cache.lexicality(1)[2] == 0
+    p50, p90 = cache.quantiles(0, (0.5, 0.9))
+    assert p50 == pytest.approx(float(HIST_EDGES[31])) and p90 == pytest.approx(float(HIST_EDGES[41]))
+    assert cache.density_F.tolist() == [0.2, 0.0]
