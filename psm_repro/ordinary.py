@@ -55,7 +55,7 @@ def load_items(path: Path) -> list[OrdinaryItem]:
 def chat_roles(tokenizer, item: OrdinaryItem) -> tuple[list[int], list[str]]:
     """The chat's token ids as the template renders them, and each token's group, from character offsets: a
     token belongs to a message (user/assistant) when it starts inside that message's text; the rest are the
-    template's markup (special tokens, role names, newlines) or text the template adds itself (template_text:
+    template's markup (special tokens, role names, newline tokens) or text the template adds itself (template_text:
     SmolLM2's default system prompt, "You are a helpful AI assistant named SmolLM...")."""
     messages = [{"role": "user", "content": item.user}, {"role": "assistant", "content": item.assistant}]
     if not supports_system(tokenizer):
@@ -74,7 +74,7 @@ def chat_roles(tokenizer, item: OrdinaryItem) -> tuple[list[int], list[str]]:
     for i, t in enumerate(ids):
         if roles[i] != "template_text":
             continue
-        if t in special or not words[i].strip():
+        if t in special or (not words[i].strip() and "\n" in words[i]):
             roles[i] = "markup"
         elif i > 0 and ids[i - 1] in special:  # a role name after a special token, maybe split ("ass", "istant")
             for j in range(i + 1, min(i + 4, len(ids)) + 1):

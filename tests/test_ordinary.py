@@ -10,6 +10,7 @@ from psm_repro.loading import load_sae
 from psm_repro.ordinary import OrdinaryItem, chat_roles, load_items, ordinary_check, pick_latents, summarise
 from psm_repro.personas import PersonaError, load_persona
 from conftest import save_tiny_sae
+from families import FAMILIES, build_tokenizer
 
 ITEM = OrdinaryItem("cooking", "the garden ?", "she kept the book", "she kept the book")
 
@@ -25,6 +26,22 @@ def test_chat_tokens_are_split_into_template_user_and_assistant_words(tiny_model
     assert words["template_text"] == ["You", "are", "a", "helpful"]
     assert words["markup"].count("<|im_end|>") == 3 and words["markup"].count("<|im_start|>") == 3
     assert set(words["markup"]) <= {"<|im_start|>", "<|im_end|>", "<|endoftext|>", "system", "user", "assistant", "\n"}
+
+
+@pytest.mark.parametrize("family, template_text", [("gemma2", ""), ("llama31", "Knowledge cutoff: 2023-12.")])
+def test_real_template_markup_is_special_tokens_role_names_and_newlines(family, template_text, tmp_path):
+    tok = build_tokenizer(FAMILIES[family], tmp_path)
+    item = OrdinaryItem("x", "hello there, how are you?", "I am fine.", "I am fine.")
+    ids, roles = chat_roles(tok, item)
+    text = {g: "".join(tok.decode([i]) for i, r in zip(ids, roles) if r == g)
+            for g in ("markup", "template_text", "user", "assistant")}
+    assert (text["user"], text["assistant"], text["template_text"]) == (item.user, item.assistant, template_text)
+    special = set(tok.all_special_tokens)
+    markup = [tok.decode([i]) for i, r in zip(ids, roles) if r == "markup"]
+    # what is left of the markup without special tokens and newlines: the role names, whole
+    names = "".join(m for m in markup if m not in special and m.strip())
+    assert names == {"gemma2": "usermodel", "llama31": "systemuserassistant"}[family]
+    assert markup.count("\n") >= 2
 
 
 def test_a_latent_planted_on_a_template_word_fires_on_template_tokens_only(tiny_model, tmp_path):
@@ -56,14 +73,16 @@ def test_a_latent_planted_on_a_template_word_fires_on_template_tokens_only(tiny_
 def test_contrasts_and_the_random_baseline_on_hand_made_activations():
     ones, zeros = torch.ones(4, 2), torch.zeros(4, 2)
     half = torch.tensor([[1.0, 0.0]] * 4)
+    quarter = torch.tensor([[1.0, 0.0]] * 2 + [[0.0, 0.0]] * 2)
     ai = {"markup": [zeros] * 3, "template_text": [zeros] * 3, "user": [zeros] * 3, "assistant": [ones * 2] * 3,
           "prose": [half] * 3}
     rnd = {"markup": [zeros] * 3, "template_text": [zeros] * 3, "user": [zeros] * 3, "assistant": [half] * 3,
-           "prose": [half] * 3}
+           "prose": [quarter] * 3}
     out = summarise(ai, rnd, n_bootstrap=100, seed=0)
     c = out["contrasts"]["assistant_minus_prose"]
-    assert c["rate"]["ai"]["value"] == 0.5 and c["rate"]["random"]["value"] == 0.0
-    assert c["mean"]["ai"]["value"] == pytest.approx(2.0 - 0.5) and c["rate"]["ai_minus_random"]["value"] == 0.5
+    assert c["rate"]["ai"]["value"] == 0.5 and c["rate"]["random"]["value"] == 0.25
+    assert c["mean"]["ai"]["value"] == pytest.approx(2.0 - 0.5) and c["rate"]["ai_minus_random"]["value"] == 0.25
+    assert c["mean"]["ai_minus_random"]["value"] == pytest.approx((2.0 - 0.5) - (0.5 - 0.25))
     assert out["items_with_any_firing"] == {"assistant": 1.0, "prose": 1.0}
 
 
