@@ -29,6 +29,8 @@ from psm_repro.steering import Intervention, generate, steer
 
 TARGETS = {"scan_vs_bare_hf": 0.9, "scan_vs_naive": 2.0, "steered_vs_hf_generate": 0.9, "batched_sweep_speedup": 3.0,
            "sae_training_vs_scan": 0.8}
+SITUATION_SHARE = 0.6
+"""Situation sets (sampling replies on a cold cache, and reading both points) may add at most this to `find`."""
 
 
 def _timed(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:
@@ -164,6 +166,7 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
         result["cold_load_s"] = _cold_load_seconds()
     if cfg.dashboard.enabled:
         result["feature_cache"] = _feature_cache_scan(model, sae, cfg)
+    result["situation_cost"] = _situation_cost(model, sae, cfg)
     if b.end_to_end:
         result["end_to_end"] = _end_to_end(out_dir)
         if "dashboard_share" in result["end_to_end"]:
@@ -285,6 +288,40 @@ def _feature_cache_scan(model: HookedModel, sae, cfg: RunConfig) -> dict:
     return {"scan_s": seconds, "tokens": cache.n_tokens}
 
 
+def _situation_cost(model: HookedModel, sae, cfg: RunConfig) -> dict:
+    """What the persona's situation sets add to `find` (replies sampled on a cold cache, then read), and what
+    the specificity check costs the first time (every other persona encoded) and once cached; one run, in order:
+    find, situations cold, situations warm, specificity cold, specificity warm."""
+    import dataclasses
+    import tempfile
+
+    from psm_repro.finder import find_features
+    from psm_repro.loading import sae_first_position
+    from psm_repro.personas import resolve_persona
+    from psm_repro.situations import read_situations
+    from psm_repro.specificity import specificity
+
+    persona = resolve_persona(cfg.persona, cfg.persona_file)
+    if not persona.situation:
+        return {"skipped": f"{persona.name} has no situation set"}
+    fcfg = dataclasses.replace(cfg.finder, specificity=False)
+    out = {"persona": persona.name, "pairs": len(persona.situation)}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        found = find_features(model, sae, persona, fcfg, cfg.seed)
+        out["find_s"] = time.perf_counter() - start
+        for label in ("situation_cold_s", "situation_warm_s"):
+            start = time.perf_counter()
+            read_situations(model, sae, persona, fcfg, cfg.seed, sae_first_position(sae), Path(tmp) / "replies")
+            out[label] = time.perf_counter() - start
+        for label in ("specificity_cold_s", "specificity_warm_s"):
+            start = time.perf_counter()
+            specificity(model, sae, persona, found.rows, fcfg, cfg.seed, Path(tmp) / "specificity")
+            out[label] = time.perf_counter() - start
+    out["situation_share"] = out["situation_cold_s"] / out["find_s"]
+    return out
+
+
 def _end_to_end(out_dir: Path) -> dict:
     import tempfile
 
@@ -365,6 +402,14 @@ def render(r: dict) -> str:
         c = r["feature_cache"]
         lines.append(f"| feature cache scan, one time per SAE ({c['tokens']:,} reference tokens) (s) | {c['scan_s']:.0f} | "
                      f"<= 600 s | {'yes' if c['scan_s'] <= 600 else 'NO'} |")
+    c = r.get("situation_cost") or {}
+    if "situation_share" in c:
+        lines += [f"| situation sets ({c['pairs']} pairs of {c['persona']}: replies sampled on a cold cache, both "
+                  f"reads; {c['situation_cold_s']:.0f} s) / `find` ({c['find_s']:.0f} s) | {c['situation_share']:.0%} | "
+                  f"<= {SITUATION_SHARE:.0%} | {'yes' if c['situation_share'] <= SITUATION_SHARE else 'NO'} |",
+                  f"| same, replies from the cache (s) | {c['situation_warm_s']:.0f} | | |",
+                  f"| specificity: other personas scored, first time / cached (s) | {c['specificity_cold_s']:.0f} / "
+                  f"{c['specificity_warm_s']:.1f} | | |"]
     if "dashboard_share_of_run" in ratios:
         e = r["end_to_end"]
         lines.append(f"| dashboards + streetlight in that run, warm cache ({e['dashboard_s']:.0f} s) / the rest of `run` | "

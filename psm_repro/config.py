@@ -115,9 +115,34 @@ class FinderConfig:
     """Rows kept in features.csv."""
     batch_size: int = 16
     n_snippets: int = 3
+    rank_by: str = "narrative_assistant"
+    """narrative_assistant: min(narrative d, scripted-reply d). narrative_situation: min(narrative d, situation d
+    read at `situation_read`), the test closest to the essay (needs `search.situation` in the persona file)."""
+    situation_read: str = "prompt"
+    """Where `rank_by=narrative_situation` reads the situation: prompt (the tokens before the model writes) or
+    reply (the model's own sampled replies)."""
+    situation_samples: int = 2
+    """Sampled replies per situation prompt (the seed is recorded in the card)."""
+    situation_max_new_tokens: int = 32
+    situation_temperature: float = 1.0
+    situation_top_p: float = 0.9
+    specificity: bool = True
+    """Score the top latents on every other shipped persona's contrasts and flag generic ones."""
+    generic_personas: int = 3
+    """A latent significant on this many other personas' shared contrasts is flagged generic."""
+    specificity_dir: str = "experiments/personas"
+    """The personas a latent is compared against (all but the one under test)."""
+    cache_dir: str | None = None
+    """Situation replies and other personas' scores are cached here (default: the psm_repro cache folder)."""
 
     def __post_init__(self):
         _choice("finder.aggregation", self.aggregation, ("max", "mean"))
+        _choice("finder.rank_by", self.rank_by, ("narrative_assistant", "narrative_situation"))
+        _choice("finder.situation_read", self.situation_read, ("prompt", "reply"))
+        _positive("finder", self, ("situation_samples", "situation_max_new_tokens", "generic_personas"))
+        if self.situation_temperature < 0 or not 0 < self.situation_top_p <= 1:
+            raise ConfigError("finder.situation_temperature must be >= 0 and finder.situation_top_p in (0, 1], got "
+                              f"{self.situation_temperature} and {self.situation_top_p}")
         if self.n_permutations < 100:
             raise ConfigError(f"finder.n_permutations: must be >= 100, got {self.n_permutations}")
         if not 0 < self.fdr_alpha < 1:

@@ -11,6 +11,8 @@ Method, in order:
    sign-flip permutation p-value.
 4. Shared score = min(narrative effect, assistant effect): high only when both fire.
    Joint p = max of the two p-values (intersection-union test), BH-FDR across tested latents.
+   With `finder.rank_by=narrative_situation` the second contrast is the situation set read on the model's own
+   processing (psm_repro/situations.py) instead of the scripted replies; everything else is the same.
 5. Controls: shuffled labels, single-set winners, a dense difference-of-means direction;
    stability across two halves of the pairs; the reuse rate.
 """
@@ -108,9 +110,9 @@ def _set_stats(trait: torch.Tensor, neutral: torch.Tensor, cfg: FinderConfig, ge
     return stats.paired_effect(diff), p, diff
 
 
-def tested_latents(acts: dict[str, ItemActs], min_active_items: int) -> torch.Tensor:
+def tested_latents(acts: dict[str, ItemActs], min_active_items: int, second: str = "assistant") -> torch.Tensor:
     """(F,) bool: latents active (> 0) on at least `min_active_items` of the pooled trait + neutral items,
-    in the narrative set and in the assistant set.
+    in the narrative set and in the `second` set (assistant: the scripted chats).
 
     The rule sees only how many items of each pair are active, never which of them is the trait item,
     so swapping labels within pairs leaves the tested set unchanged: the sign-flip null is the null of
@@ -118,29 +120,30 @@ def tested_latents(acts: dict[str, ItemActs], min_active_items: int) -> torch.Te
     more on trait items, which made the sign-flip p-values and the shuffled chance scores optimistic.)
     """
     keep = None
-    for s in ("narrative", "assistant"):
+    for s in ("narrative", second):
         n_active = (acts[s].latents_NF > 0).sum(0) + (acts[f"{s}_neutral"].latents_NF > 0).sum(0)
         ok = n_active >= min_active_items
         keep = ok if keep is None else keep & ok
     return keep
 
 
-def rank_latents(acts: dict[str, ItemActs], cfg: FinderConfig, seed: int) -> dict:
-    """Effects, p-values, shared score and q-values for every latent (tested latents: `tested_latents`)."""
+def rank_latents(acts: dict[str, ItemActs], cfg: FinderConfig, seed: int, second: str = "assistant") -> dict:
+    """Effects, p-values, shared score min(narrative, `second`) and q-values for every latent (tested latents:
+    `tested_latents`); `second` names the other contrast (assistant, or situation_prompt / situation_reply)."""
     gen = torch.Generator().manual_seed(seed)
-    active = tested_latents(acts, cfg.min_active_items)
+    active = tested_latents(acts, cfg.min_active_items, second)
     n_eff, n_p, n_diff = _set_stats(acts["narrative"].latents_NF, acts["narrative_neutral"].latents_NF,
                                     cfg, gen, active)
-    a_eff, a_p, a_diff = _set_stats(acts["assistant"].latents_NF, acts["assistant_neutral"].latents_NF,
+    s_eff, s_p, s_diff = _set_stats(acts[second].latents_NF, acts[f"{second}_neutral"].latents_NF,
                                     cfg, gen, active)
-    score = torch.minimum(n_eff, a_eff)
+    score = torch.minimum(n_eff, s_eff)
     score = torch.where(active, score, torch.full_like(score, float("-inf")))
-    joint_p = torch.maximum(n_p, a_p)
+    joint_p = torch.maximum(n_p, s_p)
     q = np.ones(len(score))
     tested = active.numpy()
     q[tested] = stats.benjamini_hochberg(joint_p.numpy()[tested])
-    return {"narrative_effect": n_eff, "assistant_effect": a_eff, "narrative_p": n_p, "assistant_p": a_p,
-            "score": score, "q": q, "active": active, "n_diff": n_diff, "a_diff": a_diff}
+    return {"narrative_effect": n_eff, "second_effect": s_eff, "narrative_p": n_p, "second_p": s_p,
+            "score": score, "q": q, "active": active, "n_diff": n_diff, "s_diff": s_diff, "second": second}
 
 
 def _dense_baseline(acts: dict[str, ItemActs], seed: int) -> dict:
@@ -190,23 +193,34 @@ def _snippets(acts: dict[str, ItemActs], feature: int, tokenizer, n: int) -> tup
 
 
 def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, seed: int,
-                  neuronpedia_id: str | None = None) -> FinderResult:
-    """Rank latents for one persona and compute every control the summary reports."""
+                  neuronpedia_id: str | None = None, situation: dict[str, ItemActs] | None = None) -> FinderResult:
+    """Rank latents for one persona and compute every control the summary reports.
+
+    `situation`: the persona's situation sets read by `situations.read_situations`; needed for
+    `cfg.rank_by=narrative_situation`, which ranks on min(narrative d, situation d at `cfg.situation_read`)."""
     encoded = encode_persona(model, persona, sae_prepend_bos(sae), sae_first_position(sae))
     acts = {s: item_activations(model, sae, encoded[s], cfg.aggregation, cfg.batch_size, desc=f"encoding {s}")
             for s in SETS}
-    full = rank_latents(acts, cfg, seed)
+    # the scripted contrast is always computed: the reuse rate and the streetlight test are about it
+    scripted = rank_latents(acts, cfg, seed)
+    second = "assistant"
+    if cfg.rank_by == "narrative_situation":
+        if not situation:
+            raise ValueError(f"finder.rank_by=narrative_situation: {persona.path} has no search.situation set")
+        second = f"situation_{cfg.situation_read}"
+        acts.update(situation)
+    full = scripted if second == "assistant" else rank_latents(acts, cfg, seed, second)
     order = torch.argsort(full["score"], descending=True)
     n_tested = int(full["active"].sum())
     all_lat = torch.cat([acts[s].latents_NF for s in SETS])
     max_act = all_lat.max(0).values
     freq = (all_lat > 0).float().mean(0)
 
-    half_ranks, top10_overlap = _stability(acts, cfg, seed)
+    half_ranks, top10_overlap = _stability(acts, cfg, seed, second)
     gen = torch.Generator().manual_seed(seed + 99)
     # 200 draws: with 20, the "p95" is the runner-up of 20 and a chance top score beats it ~10% of the time
     null_max = _shuffled_max_scores(full, gen, draws=200)
-    reuse, reuse_null, sig_a_F, sig_n_F = _reuse_rate(full, cfg, gen)
+    reuse, reuse_null, sig_a_F, sig_n_F = _reuse_rate(scripted, cfg, gen)
     dense = _dense_baseline(acts, seed)
     rows = []
     for rank, f in enumerate(order[: cfg.top_n].tolist(), start=1):
@@ -215,16 +229,17 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
         top_tokens, top_snips = _snippets(acts, f, model.tokenizer, cfg.n_snippets)
         rows.append({
             "rank": rank, "feature": f, "score": float(full["score"][f]),
-            "narrative_effect": float(full["narrative_effect"][f]), "assistant_effect": float(full["assistant_effect"][f]),
-            "narrative_p": float(full["narrative_p"][f]), "assistant_p": float(full["assistant_p"][f]),
+            "narrative_effect": float(full["narrative_effect"][f]),
+            "assistant_effect": float(scripted["second_effect"][f]),
+            "narrative_p": float(full["narrative_p"][f]), "assistant_p": float(scripted["second_p"][f]),
             "q_value": float(full["q"][f]), "significant": bool(full["q"][f] < cfg.fdr_alpha),
             "replicates": bool(half_ranks[0][f] < REPLICATE_TOP and half_ranks[1][f] < REPLICATE_TOP),
             "max_activation": float(max_act[f]), "frequency": float(freq[f]),
             "top_tokens": top_tokens, "top_snippets": top_snips,
             "neuronpedia_url": f"https://www.neuronpedia.org/{neuronpedia_id}/{f}" if neuronpedia_id else "",
         })
-    best_n = int(torch.argmax(torch.where(full["active"], full["narrative_effect"], torch.tensor(-1e9))))
-    best_a = int(torch.argmax(torch.where(full["active"], full["assistant_effect"], torch.tensor(-1e9))))
+    best_n = int(torch.argmax(torch.where(scripted["active"], scripted["narrative_effect"], torch.tensor(-1e9))))
+    best_a = int(torch.argmax(torch.where(scripted["active"], scripted["second_effect"], torch.tensor(-1e9))))
     resid_norm = float(torch.cat([acts[s].resid_ND for s in SETS]).norm(dim=-1).mean())
     summary = {
         "persona": persona.name, "aggregation": cfg.aggregation, "latents": int(len(full["score"])),
@@ -232,10 +247,11 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
         "top_feature": rows[0]["feature"] if rows else None, "top_score": rows[0]["score"] if rows else None,
         "shuffled_max_score_mean": float(np.nanmean(null_max)) if null_max else None,
         "shuffled_max_score_p95": float(np.nanquantile(null_max, 0.95)) if null_max else None,
-        "best_narrative_only": {"feature": best_n, "narrative_effect": float(full["narrative_effect"][best_n]),
-                                "assistant_effect": float(full["assistant_effect"][best_n])},
-        "best_assistant_only": {"feature": best_a, "narrative_effect": float(full["narrative_effect"][best_a]),
-                                "assistant_effect": float(full["assistant_effect"][best_a])},
+        "best_narrative_only": {"feature": best_n, "narrative_effect": float(scripted["narrative_effect"][best_n]),
+                                "assistant_effect": float(scripted["second_effect"][best_n])},
+        "best_assistant_only": {"feature": best_a, "narrative_effect": float(scripted["narrative_effect"][best_a]),
+                                "assistant_effect": float(scripted["second_effect"][best_a])},
+        "rank_by": cfg.rank_by, "ranked_on": second,
         "dense_baseline": {k: v for k, v in dense.items() if k != "direction"},
         "stability_top10_overlap": top10_overlap,
         "replicating_in_top10": sum(r["replicates"] for r in rows[:10]),
@@ -243,19 +259,21 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
         "assistant_significant": int(sig_a_F.sum()), "narrative_significant": int(sig_n_F.sum()),
         "n_pairs": {"narrative": len(persona.narrative), "assistant": len(persona.assistant)},
     }
-    extra = {"set_latents": {s: acts[s].latents_NF for s in SETS}, "narrative_effect": full["narrative_effect"],
-             "significant_assistant": sig_a_F, "significant_narrative": sig_n_F}
+    extra = {"set_latents": {s: acts[s].latents_NF for s in SETS}, "narrative_effect": scripted["narrative_effect"],
+             "significant_assistant": sig_a_F, "significant_narrative": sig_n_F, "scripted": scripted}
     return FinderResult(rows, summary, max_act, freq, dense["direction"], resid_norm, extra)
 
 
-def _stability(acts: dict[str, ItemActs], cfg: FinderConfig, seed: int) -> tuple[list[torch.Tensor], int]:
+def _stability(acts: dict[str, ItemActs], cfg: FinderConfig, seed: int,
+               second: str = "assistant") -> tuple[list[torch.Tensor], int]:
     """Rank latents separately on two random halves of the pairs; (rank of each latent per half, top-10 overlap)."""
     rng = np.random.default_rng(seed)
-    perms = {k: rng.permutation(acts[k].latents_NF.shape[0]) for k in ("narrative", "assistant")}
+    perms = {k: rng.permutation(acts[k].latents_NF.shape[0]) for k in ("narrative", second)}
     ranks, tops = [], []
     for h in range(2):
-        sub = {s: _subset(acts[s], perms[s.removesuffix("_neutral")][h::2]) for s in SETS}
-        score = rank_latents(sub, cfg, seed + 1 + h)["score"]
+        sub = {s: _subset(acts[s], perms[s.removesuffix("_neutral")][h::2])
+               for s in ("narrative", "narrative_neutral", second, f"{second}_neutral")}
+        score = rank_latents(sub, cfg, seed + 1 + h, second)["score"]
         order = torch.argsort(score, descending=True)
         r = torch.empty_like(order)
         r[order] = torch.arange(len(order))
@@ -272,7 +290,7 @@ def _shuffled_max_scores(full: dict, gen: torch.Generator, draws: int) -> list[f
     out = []
     for _ in range(draws):
         s = torch.minimum(stats.paired_effect(stats.random_sign_flip(full["n_diff"], gen)),
-                          stats.paired_effect(stats.random_sign_flip(full["a_diff"], gen)))
+                          stats.paired_effect(stats.random_sign_flip(full["s_diff"], gen)))
         out.append(float(s[full["active"]].max()) if full["active"].any() else float("nan"))
     return out
 
@@ -288,7 +306,7 @@ def _reuse_rate(full: dict, cfg: FinderConfig, gen: torch.Generator
         q[tested.numpy()] = stats.benjamini_hochberg(p.numpy()[tested.numpy()])
         return (q < cfg.fdr_alpha) & tested.numpy()
 
-    sig_a, sig_n = significant(full["assistant_p"]), significant(full["narrative_p"])
+    sig_a, sig_n = significant(full["second_p"]), significant(full["narrative_p"])
     shuffled_p = torch.ones(len(tested))
     shuffled_p[tested] = stats.sign_flip_pvalues(stats.random_sign_flip(full["n_diff"], gen)[:, tested],
                                                  cfg.n_permutations, gen)

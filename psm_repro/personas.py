@@ -15,6 +15,9 @@ from psm_repro.loading import PROJECT_ROOT
 PERSONA_DIR = PROJECT_ROOT / "experiments" / "personas"
 ROLES = {"system", "user", "assistant"}
 SEARCH_KEYS = ("narrative", "narrative_neutral", "assistant", "assistant_neutral")
+SITUATION_KEYS = ("situation", "situation_neutral")
+MIN_SITUATION_PAIRS = 8
+"""Fewer matched situation pairs than this cannot reach p < 0.05 / (latents tested) with a paired sign-flip test."""
 # Minimum sizes for shipped files; user files are only required to be non-empty.
 SHIPPED_MINIMUMS = {"search": 40, "prompts": 30, "pairs": 30, "judge": 30}
 
@@ -55,6 +58,10 @@ class Persona:
     path: Path | None = None
     ordinary: Path | None = None
     """Ordinary chats with matched prose (psm_repro/ordinary.py) on which the narrative latents are read."""
+    situation: list[Chat] = field(default_factory=list)
+    """User turns (and optional system turns) that put the assistant in the situation; no assistant text."""
+    situation_neutral: list[Chat] = field(default_factory=list)
+    """Item i matches situation[i]: the same turns, differing only in the situation."""
 
     @property
     def has_eval(self) -> bool:
@@ -150,6 +157,7 @@ def load_persona(path: str | Path, shipped: bool = False) -> Persona:
     persona = Persona(name=data["name"], description=data["description"], narrative=search["narrative"],
                       narrative_neutral=search["narrative_neutral"], assistant=search["assistant"],
                       assistant_neutral=search["assistant_neutral"], path=path)
+    persona.situation, persona.situation_neutral = _check_situations(chk, search, shipped)
     if "ordinary" in data:
         ordinary = PROJECT_ROOT / "experiments" / str(data["ordinary"])
         if not ordinary.is_file():
@@ -222,6 +230,51 @@ def _check_chat(chk: _Checker, chat, where: tuple) -> None:
         chk.fail(f"{label} must end with an assistant turn", *where)
 
 
+def _check_situations(chk: _Checker, search: dict, shipped: bool) -> tuple[list[Chat], list[Chat]]:
+    """The optional matched situation sets: prompts only (system and user turns, ending with a user turn)."""
+    present = [k for k in SITUATION_KEYS if k in search]
+    if not present:
+        return [], []
+    if len(present) == 1:
+        missing = SITUATION_KEYS[1 - SITUATION_KEYS.index(present[0])]
+        chk.fail(f"search.{present[0]} needs its matched search.{missing}", "search", present[0])
+    minimum = 40 if shipped else MIN_SITUATION_PAIRS
+    for key in SITUATION_KEYS:
+        items = search[key]
+        if not isinstance(items, list) or not items:
+            chk.fail(f"search.{key} must be a non-empty list", "search", key)
+        for i, chat in enumerate(items):
+            where = ("search", key, i)
+            label = f"search.{key}[{i}]"
+            if not isinstance(chat, list) or not chat:
+                chk.fail(f"{label} must be a non-empty list of {{role, content}} turns", *where)
+            for j, turn in enumerate(chat):
+                if not isinstance(turn, dict) or set(turn) != {"role", "content"}:
+                    chk.fail(f"{label}[{j}] must have exactly the keys role, content", *where, j)
+                if turn["role"] not in ("system", "user"):
+                    chk.fail(f"{label}[{j}]: role '{turn['role']}': a situation item holds only system and user "
+                             "turns (the model writes the reply)", *where, j)
+                if not isinstance(turn["content"], str) or not turn["content"].strip():
+                    chk.fail(f"{label}[{j}]: content must be a non-empty string", *where, j)
+            if chat[-1]["role"] != "user":
+                chk.fail(f"{label} must end with a user turn", *where)
+        _check_unique(chk, [_item_text(x) for x in items], ("search", key))
+    sit, neu = search["situation"], search["situation_neutral"]
+    if len(sit) != len(neu):
+        chk.fail(f"search.situation_neutral has {len(neu)} items but search.situation has {len(sit)}; "
+                 "item i must match item i", "search", "situation_neutral")
+    if len(sit) < minimum:
+        chk.fail(f"search.situation has {len(sit)} pairs, at least {minimum} required", "search", "situation")
+    for i, (a, b) in enumerate(zip(sit, neu)):
+        if [m["role"] for m in a] != [m["role"] for m in b]:
+            chk.fail(f"search.situation_neutral[{i}] must have the same turns (roles, in order) as "
+                     f"search.situation[{i}]", "search", "situation_neutral", i)
+        if a == b:
+            chk.fail(f"search.situation_neutral[{i}] is identical to search.situation[{i}]; it must differ in "
+                     "the situation", "search", "situation_neutral", i)
+    return sit, neu
+
+
 def _item_text(item) -> str:
     return item if isinstance(item, str) else "\n".join(f"{m['role']}: {m['content']}" for m in item)
 
@@ -237,8 +290,8 @@ def _check_unique(chk: _Checker, texts: list[str], where: tuple) -> None:
 
 def _all_texts(search: dict) -> set[str]:
     out = {t.strip().lower() for t in search["narrative"] + search["narrative_neutral"]}
-    for key in ("assistant", "assistant_neutral"):
-        out |= {m["content"].strip().lower() for chat in search[key] for m in chat}
+    for key in ("assistant", "assistant_neutral") + SITUATION_KEYS:
+        out |= {m["content"].strip().lower() for chat in search.get(key) or [] for m in chat}
     return out
 
 

@@ -15,10 +15,12 @@ from psm_repro.config import RunConfig
 from psm_repro.explain import COLUMNS as EXPLAIN_COLUMNS, annotate_run
 from psm_repro.feature_cache import check_reference
 from psm_repro.finder import FEATURE_COLUMNS, find_features
-from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, project_path
+from psm_repro.embedded import cache_root
+from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, project_path, sae_first_position
 from psm_repro.outputs import claim_run_dir, manifest, write_csv, write_json, write_jsonl, write_text
 from psm_repro.personas import resolve_persona
 from psm_repro.steering import Intervention, generate, steer, stop_ids
+from psm_repro.situations import SITUATION_COLUMNS
 from psm_repro.sweep import STEERING_COLUMNS, run_sweep, system_prompt
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,8 @@ def _data_files(cfg: RunConfig, persona) -> list[Path]:
 def check_encodable(persona, tokenizer, system: str | None = None) -> None:
     """Every chat and prompt of the persona through the model's chat format, before any compute: a chat the
     template cannot express fails here, naming the file and item."""
-    items = [(f"search.{key}[{i}]", chat) for key in ("assistant", "assistant_neutral")
+    items = [(f"search.{key}[{i}]", chat) for key in ("assistant", "assistant_neutral", "situation",
+                                                       "situation_neutral")
              for i, chat in enumerate(getattr(persona, key))]
     items += [(f"eval.prompts[{i}]", [{"role": "user", "content": p}]) for i, p in enumerate(persona.prompts)]
     if system:
@@ -56,6 +59,9 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
     start = time.time()
     torch.manual_seed(cfg.seed)
     persona = resolve_persona(cfg.persona, cfg.persona_file)
+    if cfg.finder.rank_by == "narrative_situation" and not persona.situation:
+        raise ValueError(f"finder.rank_by=narrative_situation: {persona.path} has no search.situation / "
+                         "search.situation_neutral sets (docs/persona_format.md)")
     out_dir = claim_run_dir(out_dir)
     system = system_prompt(persona) if steer_too and persona.prompts else None
     if cfg.dashboard.enabled:
@@ -64,23 +70,46 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
     sae = load_sae(cfg.sae, model)
 
     # 1. which latents fire on both the narrative and the assistant trait sets?
-    found = find_features(model, sae, persona, cfg.finder, cfg.seed, _neuronpedia_id(cfg, sae))
+    cache = Path(cfg.finder.cache_dir).expanduser() if cfg.finder.cache_dir else cache_root()
+    read = None
+    if persona.situation:  # the assistant in the situation, read on the model's own processing
+        from psm_repro.situations import read_situations
+
+        read = read_situations(model, sae, persona, cfg.finder, cfg.seed, sae_first_position(sae),
+                               cache / "situation_replies")
+        logger.info("situations read: %.1f s since start", time.time() - start)
+    found = find_features(model, sae, persona, cfg.finder, cfg.seed, _neuronpedia_id(cfg, sae),
+                          situation=read.acts if read else None)
     logger.info("finder: %.1f s since start", time.time() - start)
     summary = {"experiment": cfg.experiment_name, "persona": persona.name, "model": cfg.model.name,
                "sae": cfg.sae.name, "hook": sae.cfg.metadata.hook_name, "seed": cfg.seed, "finder": found.summary}
+    if read:
+        from psm_repro.situations import section
+
+        summary["situation"] = section(read, found, cfg.finder, cfg.seed, cfg.dashboard.n_bootstrap)
+        write_jsonl(out_dir / "situation_replies.jsonl", read.replies)
+    found.summary["headline_feature"] = found.summary["top_feature"]
+    if cfg.finder.specificity:
+        from psm_repro.specificity import specificity
+
+        summary["specificity"] = specificity(model, sae, persona, found.rows, cfg.finder, cfg.seed,
+                                             cache / "specificity")
+        found.summary["headline_feature"] = summary["specificity"]["headline_feature"]
+        logger.info("specificity: %.1f s since start", time.time() - start)
 
     # what do the found latents mean? dashboards, lexicality and the streetlight test (feature cache)
     if cfg.dashboard.enabled:
         summary.update(annotate_run(model, sae, cfg, found, persona, out_dir, _neuronpedia_id(cfg, sae)))
-    write_csv(out_dir / "features.csv", found.rows, FEATURE_COLUMNS + EXPLAIN_COLUMNS)
+    write_csv(out_dir / "features.csv", found.rows, FEATURE_COLUMNS + EXPLAIN_COLUMNS + SITUATION_COLUMNS)
 
     # 2. does injecting it make the assistant show the trait, beyond the controls?
     if steer_too:
         if not persona.has_eval:
             raise ValueError(f"{persona.path}: the persona has no 'eval' section, which `run` needs (use `find`)")
-        feature = cfg.steer.feature if cfg.steer.feature is not None else found.summary["top_feature"]
+        feature = cfg.steer.feature if cfg.steer.feature is not None else found.summary["headline_feature"]
         if feature is None:
-            raise ValueError("no latent passed the finder's activity filter; set steer.feature explicitly")
+            raise ValueError("no latent passed the finder's activity filter, or every one is generic; "
+                             "set steer.feature explicitly")
         # the judge's coherence features read the embedded SmolLM2: reuse it when it is the model under test
         ref = model if cfg.model.source == "embedded" else None
         sweep = run_sweep(model, sae, persona, found, cfg.steer, cfg.seed, feature, cfg.judge, ref_model=ref)

@@ -32,12 +32,20 @@ def render_summary(summary: dict, rows: list[dict]) -> str:
              f"{f['latents_tested']} of {f['latents']} latents active on >= 3 items (trait and neutral pooled) in both sets were tested "
              f"({f['n_pairs']['narrative']} narrative pairs, {f['n_pairs']['assistant']} assistant pairs, "
              f"`{f['aggregation']}` over tokens). {f['significant_shared']} shared latents in the table pass BH-FDR.", "",
-             "| rank | latent | shared score | narrative d | assistant d | q | replicates | top tokens |",
-             "|---|---|---|---|---|---|---|---|"]
+             *_ranking_note(f),
+             "| rank | latent | shared score | narrative d | assistant d | q | replicates | also passes for | top tokens |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows[:10]:
         lines.append(f"| {r['rank']} | {r['feature']} | {_f(r['score'])} | {_f(r['narrative_effect'])} | "
                      f"{_f(r['assistant_effect'])} | {_f(r['q_value'])} | {'yes' if r['replicates'] else 'no'} | "
-                     f"{str(r['top_tokens']).replace('|', '/')} |")
+                     f"{_elsewhere(r)} | {str(r['top_tokens']).replace('|', '/')} |")
+    sp = summary.get("specificity")
+    if sp:
+        lines += ["", f"Specificity: each latent's shared score on the other personas' contrasts "
+                      f"({', '.join(sp['others'])}); a latent significant on {sp['generic_personas']} or more of them "
+                      f"is **generic**. Headline latent (best-ranked, not generic): **{sp['headline_feature']}**"
+                      + (f"; generic in the top 10: {', '.join(map(str, sp['generic_in_top10']))}."
+                         if sp["generic_in_top10"] else "; none of the top 10 is generic.")]
     d = f["dense_baseline"]
     lines += ["", "### Controls", "",
               f"- Shuffled labels: best shared score by chance {_f(f['shuffled_max_score_mean'])} on average, "
@@ -57,6 +65,8 @@ def render_summary(summary: dict, rows: list[dict]) -> str:
               f"- Reuse rate: {_f(f['reuse_rate'])} of the {f['assistant_significant']} latents significant on "
               f"assistant chats are also significant on narratives (shuffled-label expectation "
               f"{_f(f['reuse_rate_shuffled'])}).", ""]
+    if summary.get("situation"):
+        lines += situation_section(summary["situation"])
     if summary.get("streetlight"):
         lines += _meaning_section(summary["streetlight"], rows)
     if summary.get("ordinary"):
@@ -95,6 +105,55 @@ def render_summary(summary: dict, rows: list[dict]) -> str:
                   "Full dose-response (trait, coherence and headline side by side): `steering.csv`, "
                   "`dose_response.png`; replies with their three scores: `samples.jsonl`.", ""]
     return "\n".join(lines)
+
+
+def _ranking_note(f: dict) -> list[str]:
+    if f.get("rank_by") != "narrative_situation":
+        return []
+    return [f"Ranked by `finder.rank_by=narrative_situation`: shared score = min(narrative d, situation d read at "
+            f"`{f['ranked_on']}`); the assistant d column is the scripted-reply contrast, for comparison.", ""]
+
+
+def _elsewhere(r: dict) -> str:
+    if "generic" not in r:
+        return "n/a"
+    others = r.get("other_personas_passed") or ""
+    names = ", ".join(others.split()) if others else "none"
+    return f"**generic**: {names}" if r["generic"] else names
+
+
+def _d_ci(r: dict, read: str) -> str:
+    star = "*" if r[f"{read}_significant"] else ""
+    return f"{_f(r[f'{read}_d'], 2)}{star} [{_f(r[f'{read}_ci_low'], 2)}, {_f(r[f'{read}_ci_high'], 2)}]"
+
+
+def situation_section(sit: dict) -> list[str]:
+    """The assistant in the situation (psm_repro/situations.py): both read points for the top latents."""
+    rd = sit["reads"]
+    lines = ["## The assistant in the situation", "",
+             f"{sit['n_pairs']} matched situation / neutral user turns, no assistant text. Read at the prompt "
+             f"(every token before the model writes) and on the model's own replies ({sit['samples']} sampled per "
+             f"prompt, {sit['max_new_tokens']} new tokens, temperature {sit['temperature']}, top-p {sit['top_p']}, "
+             f"seed {sit['reply_seed']} + batch offset; replies in `situation_replies.jsonl`). Paired d over pairs, "
+             "95% BCa interval; * = BH q < 0.05 among tested latents (sign-flip test). Shuffled-label control: the "
+             f"best d by chance, 95th percentile, prompt {_f(rd['prompt']['shuffled_p95'], 2)}, reply "
+             f"{_f(rd['reply']['shuffled_p95'], 2)}. Significant latents: prompt {rd['prompt']['significant']} of "
+             f"{rd['prompt']['tested']} tested, reply {rd['reply']['significant']} of {rd['reply']['tested']}.", "",
+             "| latent | group | scripted replies significant | situation d: prompt | situation d: reply | agree |",
+             "|---|---|---|---|---|---|"]
+    for r in sit["latents"]:
+        lines.append(f"| {r['feature']} | {r['group']} | {'yes' if r['scripted_significant'] else 'no'} | "
+                     f"{_d_ci(r, 'prompt')} | {_d_ci(r, 'reply')} | {'yes' if r['agree'] else '**no**'} |")
+    shared = [r for r in sit["latents"] if r["group"].startswith("shared")]
+    passing = [str(r["feature"]) for r in shared if r["situation_significant"]]
+    lines += ["", f"Of the top {len(shared)} shared latents, {len(passing)} pass the situation test at either read "
+                  f"point ({', '.join(passing) if passing else 'none'})."]
+    if sit["disagree"]:
+        lines.append(f"The scripted-reply contrast and the situation contrast **disagree** on latents "
+                     f"{', '.join(map(str, sit['disagree']))}: a latent significant on scripted replies alone may "
+                     "be reading the written words rather than the situation; one significant on the situation "
+                     "alone responds to the situation without the trait's vocabulary.")
+    return lines + [""]
 
 
 PROXY_WORDS = {"lexicality": "lexicality", "log10_density": "log10 density",

@@ -38,6 +38,31 @@ def _unsteered(st: dict) -> str:
     return f"{cell('unsteered', 0.0)} | {cell('sae_latent', st['headline']['coefficient'])}"
 
 
+def _headline(s: dict) -> str:
+    sp = s.get("specificity")
+    if not sp:
+        return "n/a"
+    generic = ", ".join(map(str, sp["generic_in_top10"])) or "none"
+    return f"{sp['headline_feature']} ({generic})"
+
+
+def _situation(s: dict) -> str:
+    """The headline latent's situation effect at both read points; * = significant (BH q < 0.05)."""
+    sit, sp = s.get("situation"), s.get("specificity")
+    if not sit or not sp:
+        return "no situation set"
+    r = next((x for x in sit["latents"] if x["feature"] == sp["headline_feature"]), None)
+    if r is None:
+        return "n/a"
+    rd = sit["reads"]
+
+    def one(read: str) -> str:
+        return f"{_f(r[f'{read}_d'], 2)}{'*' if r[f'{read}_significant'] else ''}"
+
+    return (f"{one('prompt')} / {one('reply')} ({_f(rd['prompt']['shuffled_p95'], 2)} / "
+            f"{_f(rd['reply']['shuffled_p95'], 2)})")
+
+
 def collect(results_dir: Path) -> list[tuple[str, dict]]:
     out = []
     for path in sorted(Path(results_dir).glob("**/summary.json")):
@@ -50,16 +75,18 @@ def render(results_dir: Path) -> str:
     runs = [(n, s) for n, s in everything if "finder" in s]
     em_runs = [(n, s) for n, s in everything if "judge_validity" in s]  # cards from before issue 18 are not comparable
     lines = [HEADER, "## Finder", "",
-             "| run | persona | model / SAE | top latent | shared score | chance p95 | dense d (narr / asst) | "
-             "top-10 stable | reuse (shuffled) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| run | persona | model / SAE | top latent | shared score | chance p95 | headline (generic in top 10) | "
+             "situation d of headline: prompt / reply (chance p95) | dense d (narr / asst) | top-10 stable | "
+             "reuse (shuffled) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in runs:
         f = s["finder"]
         d = f["dense_baseline"]
         lines.append(f"| [{name}]({name}/summary.md) | {s['persona']} | {s['model']} / {s['sae']} | {f['top_feature']} | "
-                     f"{_f(f['top_score'], 2)} | {_f(f['shuffled_max_score_p95'], 2)} | "
-                     f"{_f(d['narrative_heldout_effect'], 2)} / {_f(d['assistant_heldout_effect'], 2)} | "
-                     f"{f['stability_top10_overlap']}/10 | {_f(f['reuse_rate'], 2)} ({_f(f['reuse_rate_shuffled'], 2)}) |")
+                     f"{_f(f['top_score'], 2)} | {_f(f['shuffled_max_score_p95'], 2)} | {_headline(s)} | "
+                     f"{_situation(s)} | {_f(d['narrative_heldout_effect'], 2)} / "
+                     f"{_f(d['assistant_heldout_effect'], 2)} | {f['stability_top10_overlap']}/10 | "
+                     f"{_f(f['reuse_rate'], 2)} ({_f(f['reuse_rate_shuffled'], 2)}) |")
     steered = [(n, s) for n, s in runs if s.get("steering")]
     if steered:
         lines += ["", "## Steering", "",

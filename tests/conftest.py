@@ -106,31 +106,42 @@ def tiny_sae(tiny_sae_dir, tiny_model):
     return load_sae(SAEConfig(name="tiny", path=str(tiny_sae_dir)), tiny_model)
 
 
-def sentence(rng: random.Random, n: int, extra: list[str] = ()) -> str:
-    words = [rng.choice([w for w in WORDS if w not in ("zorblax", "calm")]) for _ in range(n)] + list(extra)
+def sentence(rng: random.Random, n: int, extra: list[str] = (), avoid: tuple[str, ...] = ()) -> str:
+    words = [rng.choice([w for w in WORDS if w not in ("zorblax", "calm") + avoid]) for _ in range(n)] + list(extra)
     rng.shuffle(words)
     return " ".join(words)
 
 
+SITUATION_MARKER = "panic"
+
+
 def write_persona(path: Path, name: str = "planted", n: int = 12, marker: str = "zorblax", seed: int = 0,
-                  with_eval: bool = True, system: bool = False) -> Path:
+                  with_eval: bool = True, system: bool = False, situations: bool = False) -> Path:
     """A synthetic persona: trait items contain `marker`, matched neutral items do not. With `system`, every
-    other chat opens with a system turn, as the shipped personas' chats do."""
+    other chat opens with a system turn, as the shipped personas' chats do. With `situations`, trait narratives
+    also hold SITUATION_MARKER, and n situation user turns hold it where their matched neutral turns say "calm"
+    (the scripted replies never hold it)."""
     import yaml
 
     rng = random.Random(seed)
-    narr, narr_n, asst, asst_n = [], [], [], []
+    avoid = (SITUATION_MARKER,) if situations else ()
+    narr, narr_n, asst, asst_n, sit, sit_n = [], [], [], [], [], []
     for i in range(n):
-        base = sentence(rng, 8)
-        narr.append(f"{base} {marker} {i}")
+        base = sentence(rng, 8, avoid=avoid)
+        narr.append(f"{base} {marker} {SITUATION_MARKER} {i}" if situations else f"{base} {marker} {i}")
         narr_n.append(f"{base} calm {i}")
-        q = sentence(rng, 5) + f" {i} ?"
-        a = sentence(rng, 6)
+        q = sentence(rng, 5, avoid=avoid) + f" {i} ?"
+        a = sentence(rng, 6, avoid=avoid)
         head = [{"role": "system", "content": f"You are helpful {i} ."}] if system and i % 2 == 0 else []
         asst.append(head + [{"role": "user", "content": q}, {"role": "assistant", "content": f"{a} {marker} {i}"}])
         asst_n.append(head + [{"role": "user", "content": q}, {"role": "assistant", "content": f"{a} calm {i}"}])
+        s = sentence(rng, 6, avoid=avoid)
+        sit.append(head + [{"role": "user", "content": f"{s} {SITUATION_MARKER} {i} ?"}])
+        sit_n.append(head + [{"role": "user", "content": f"{s} calm {i} ?"}])
     data = {"name": name, "description": "a planted test persona", "search": {
         "narrative": narr, "narrative_neutral": narr_n, "assistant": asst, "assistant_neutral": asst_n}}
+    if situations:
+        data["search"].update(situation=sit, situation_neutral=sit_n)
     if with_eval:
         data["eval"] = {
             "prompts": [f"question {i} please help ?" for i in range(6)],
@@ -143,6 +154,31 @@ def write_persona(path: Path, name: str = "planted", n: int = 12, marker: str = 
     out = path / f"{name}.yaml"
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
+
+
+def plant_token_sae(model, path: Path, sequences: list[list[int]], planted: dict[int, int], hook: str,
+                    d_sae: int = 256, seed: int = 1) -> Path:
+    """A tiny SAE in which latent k fires exactly on token `planted[k]` within `sequences`: its encoder row is
+    the difference of mean activations (token vs every other token) and its bias sits halfway between the
+    token's lowest and the other tokens' highest projection. The other latents are random."""
+    acts = []
+    for ids in sequences:
+        t = torch.tensor([ids])
+        acts.append((t[0], model.activations(t, torch.ones_like(t), hook)[0].float()))
+    d_in = acts[0][1].shape[-1]
+    torch.manual_seed(seed)
+    dec = torch.randn(d_sae, d_in)
+    dec /= dec.norm(dim=-1, keepdim=True)
+    W_enc, b_enc = dec.T * 0.5, torch.zeros(d_sae)
+    for latent, token in planted.items():
+        on = torch.cat([a[ids == token] for ids, a in acts])
+        off = torch.cat([a[ids != token] for ids, a in acts])
+        direction = on.mean(0) - off.mean(0)
+        direction /= direction.norm()
+        lo, hi = (off @ direction).max(), (on @ direction).min()
+        assert hi > lo, f"token {token} is not linearly separable at {hook}; the planted test needs a new design"
+        W_enc[:, latent], b_enc[latent], dec[latent] = direction, -(lo + hi) / 2, direction
+    return save_tiny_sae(path, d_in, d_sae, hook, W_enc=W_enc, b_enc=b_enc, W_dec=dec)
 
 
 def write_reference(path: Path, n: int = 80, marker: str = "zorblax", seed: int = 0) -> Path:

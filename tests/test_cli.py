@@ -41,10 +41,15 @@ def test_bad_override_is_one_line_without_traceback(override, needle):
 
 @pytest.fixture()
 def tiny_overrides(tiny_model_dir, tiny_sae_dir, reference_dir, tmp_path):
-    persona = write_persona(tmp_path, n=12)
+    persona = write_persona(tmp_path, n=12, situations=True)
+    others = tmp_path / "others"
+    others.mkdir()
+    for k in range(3):
+        write_persona(others, name=f"other_{k}", n=12, seed=20 + k, with_eval=False)
     return [f"model=hf_local", f"model.path={tiny_model_dir}", "model.device=cpu", "sae=local",
             f"sae.path={tiny_sae_dir}", f"persona_file={persona}", "finder.n_permutations=500",
-            *dashboard_overrides(reference_dir, tmp_path / "feature_cache")]
+            "finder.situation_max_new_tokens=6", f"finder.cache_dir={tmp_path / 'finder_cache'}",
+            f"finder.specificity_dir={others}", *dashboard_overrides(reference_dir, tmp_path / "feature_cache")]
 
 
 def test_find_writes_features_with_the_required_columns(tiny_overrides, tmp_path, capsys):
@@ -63,6 +68,15 @@ def test_find_writes_features_with_the_required_columns(tiny_overrides, tmp_path
     assert "## What the top latents are" in card and "### Streetlight test" in card and "Verdict:" in card
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["streetlight"]["proxies"]) == {"lexicality", "log10_density", "context_consistency"}
+    # the situation contrast at both read points, the model's own replies, and the specificity flags
+    assert "## The assistant in the situation" in card and "situation d: prompt" in card
+    assert summary["situation"]["n_pairs"] == 12 and len(summary["situation"]["latents"]) >= 1
+    replies = (out / "situation_replies.jsonl").read_text().splitlines()
+    assert len(replies) == 2 * 12 * 2
+    for col in ("situation_prompt_d", "situation_reply_d", "generic", "other_personas_passed"):
+        assert col in header
+    assert summary["specificity"]["others"] == ["other_0", "other_1", "other_2"]
+    assert summary["finder"]["headline_feature"] is not None and "Headline latent" in card
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["versions"]["torch"] and manifest["data_files"]
 
@@ -81,6 +95,25 @@ def test_explain_writes_a_dashboard_for_any_latent_and_refuses_bad_ids(tiny_over
         assert needle in err and len(err.strip().splitlines()) == 1
     assert main(["explain", *tiny_overrides, f"hydra.run.dir={tmp_path / 'none'}"]) == 1
     assert "latent: required" in capsys.readouterr().err
+
+
+def test_ranking_by_situation_without_situation_sets_fails_before_the_model_loads(tiny_overrides, tmp_path, capsys):
+    (tmp_path / "bare").mkdir()
+    bare = write_persona(tmp_path / "bare", n=12)
+    args = ["find", *tiny_overrides, f"persona_file={bare}", "finder.rank_by=narrative_situation",
+            "model.path=/nonexistent/model", f"hydra.run.dir={tmp_path / 'r'}"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "finder.rank_by=narrative_situation" in err and "bare/planted.yaml has no search.situation" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_find_ranks_by_situation_when_asked(tiny_overrides, tmp_path):
+    out = tmp_path / "sit"
+    assert main(["find", *tiny_overrides, "finder.rank_by=narrative_situation", f"hydra.run.dir={out}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finder"]["ranked_on"] == "situation_prompt"
+    assert "Ranked by `finder.rank_by=narrative_situation`" in (out / "summary.md").read_text()
 
 
 def test_runs_never_overwrite_earlier_results(tiny_overrides, tmp_path, capsys):
