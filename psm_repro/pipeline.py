@@ -71,12 +71,14 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
 
     # 1. which latents fire on both the narrative and the assistant trait sets?
     cache = Path(cfg.finder.cache_dir).expanduser() if cfg.finder.cache_dir else cache_root()
-    read = None
+    read, stages = None, {}
     if persona.situation:  # the assistant in the situation, read on the model's own processing
         from psm_repro.situations import read_situations
 
+        lap = time.time()
         read = read_situations(model, sae, persona, cfg.finder, cfg.seed, sae_first_position(sae),
                                cache / "situation_replies")
+        stages["situations"] = time.time() - lap
         logger.info("situations read: %.1f s since start", time.time() - start)
     found = find_features(model, sae, persona, cfg.finder, cfg.seed, _neuronpedia_id(cfg, sae),
                           situation=read.acts if read else None)
@@ -92,9 +94,11 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
     if cfg.finder.specificity:
         from psm_repro.specificity import specificity
 
+        lap = time.time()
         summary["specificity"] = specificity(model, sae, persona, found.rows, cfg.finder, cfg.seed,
                                              cache / "specificity")
         found.summary["headline_feature"] = summary["specificity"]["headline_feature"]
+        stages["specificity"] = time.time() - lap
         logger.info("specificity: %.1f s since start", time.time() - start)
 
     # what do the found latents mean? dashboards, lexicality and the streetlight test (feature cache)
@@ -121,6 +125,7 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
         summary["steering"]["mode"] = cfg.steer.mode
         summary["steering"]["positions"] = cfg.steer.positions
     summary["seconds"] = round(time.time() - start, 1)
+    summary["stage_seconds"] = {k: round(v, 1) for k, v in stages.items()}
     record = manifest(dataclasses.asdict(cfg), cfg.seed, _data_files(cfg, persona), PROJECT_ROOT)
     # Gemma-style templates reject system turns, base models get a transcript: say what was done
     record["chat_format"] = chat_format(model.tokenizer)
