@@ -145,7 +145,7 @@ def test_finder_statistics_are_calibrated_when_labels_are_exchangeable(one_threa
         r = rank_latents(_exchangeable_acts(rng), NULL_CFG, seed=draw)
         tested = r["active"].numpy()
         n_tests += 2 * tested.sum()
-        n_p_below += sum(int((r[k].numpy()[tested] < 0.05).sum()) for k in ("narrative_p", "assistant_p"))
+        n_p_below += sum(int((r[k].numpy()[tested] < 0.05).sum()) for k in ("narrative_p", "second_p"))
         q = r["q"][tested]
         n_q_below += int((q < 0.05).sum())
         any_discovery += bool((q < 0.05).any())
