@@ -132,7 +132,7 @@ def situation_section(sit: dict) -> list[str]:
     rd = sit["reads"]
     lines = ["## The assistant in the situation", "",
              f"{sit['n_pairs']} matched situation / neutral user turns, no assistant text. Read at the prompt "
-             f"(every token before the model writes) and on the model's own replies ({sit['samples']} sampled per "
+             f"(the item's own text and the generation header, before the model writes) and on the model's own replies ({sit['samples']} sampled per "
              f"prompt, {sit['max_new_tokens']} new tokens, temperature {sit['temperature']}, top-p {sit['top_p']}, "
              f"seed {sit['reply_seed']} + batch offset; replies in `situation_replies.jsonl`). Paired d over pairs, "
              "95% BCa interval; * = BH q < 0.05 among tested latents (sign-flip test). Shuffled-label control: the "

@@ -27,7 +27,7 @@ import torch
 from scipy import stats as sps
 
 from psm_repro import stats
-from psm_repro.chat import Encoded, encode_prompt
+from psm_repro.chat import Encoded, encode_prompt, fold_system, is_transcript, supports_system
 from psm_repro.config import FinderConfig
 from psm_repro.finder import ItemActs, item_activations
 from psm_repro.memory import rows_that_fit
@@ -64,10 +64,33 @@ class SituationRead:
 
 
 def prompt_item(tokenizer, chat: list[dict], first_position: int) -> Encoded:
-    """The generation prompt, measured on its text tokens (not special tokens, not before `first_position`)."""
+    """The generation prompt, measured on the item's own text and the generation header the template appends:
+    not special tokens, not positions before `first_position`, and not text the template adds by itself
+    (SmolLM2's default system prompt, identical on both sides of a pair, would set the max of every latent
+    that fires on "helpful AI assistant" and hide the situation)."""
     ids = encode_prompt(tokenizer, chat)
     special = set(tokenizer.all_special_ids)
-    return Encoded(ids, [i >= first_position and t not in special for i, t in enumerate(ids)])
+    own = _own_tokens(tokenizer, chat, ids) or [True] * len(ids)
+    return Encoded(ids, [i >= first_position and t not in special and o for i, (t, o) in enumerate(zip(ids, own))])
+
+
+def _own_tokens(tokenizer, chat: list[dict], ids: list[int]) -> list[bool] | None:
+    """Per token of the rendered prompt: does it start inside a message's content or the generation header?
+    None where the template's text cannot be matched to `ids` (then every token counts)."""
+    if is_transcript(tokenizer):  # the transcript adds no text of its own
+        return None
+    messages = chat if supports_system(tokenizer) else fold_system(chat)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    bare = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if list(enc["input_ids"]) != ids or not text.startswith(bare):
+        return None
+    spans, at = [(len(bare), len(text))], 0
+    for m in messages:
+        start = text.index(m["content"], at)
+        spans.append((start, start + len(m["content"])))
+        at = start + len(m["content"])
+    return [any(lo <= a < hi for lo, hi in spans) for a, _ in enc["offset_mapping"]]
 
 
 def reply_item(prompt_ids: list[int], reply_ids: list[int]) -> Encoded:

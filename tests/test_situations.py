@@ -71,14 +71,18 @@ def test_the_card_section_reports_both_reads_and_the_disagreement(tiny_model, pl
     assert c.q_F[SITUATION] < 0.05 and bool(c.tested_F[SITUATION]) and not bool(c.tested_F[SCRIPTED])
 
 
-def test_prompt_items_measure_text_tokens_not_markup(tiny_model):
+def test_prompt_items_measure_the_items_own_text_and_the_generation_header(tiny_model):
     tok = tiny_model.tokenizer
+    # the fixture template adds "You are a helpful assistant." as a default system turn: not the item's text
     e = situations.prompt_item(tok, [{"role": "user", "content": "hello you"}], first_position=1)
-    special = set(tok.all_special_ids)
-    assert not e.mask[0]
-    assert all(not m for t, m in zip(e.ids, e.mask) if t in special)
-    kept = tok.decode([t for t, m in zip(e.ids, e.mask) if m])
-    assert "hello you" in kept and kept.strip().endswith("assistant")
+    kept = [tok.decode([t]).strip() for t, m in zip(e.ids, e.mask) if m]
+    assert [k for k in kept if k] == ["hello", "you", "assistant"], kept
+    assert "helpful" in tok.decode(e.ids)
+    own = situations.prompt_item(tok, [{"role": "system", "content": "You are helpful ."},
+                                      {"role": "user", "content": "hello you"}], first_position=0)
+    kept = [tok.decode([t]).strip() for t, m in zip(own.ids, own.mask) if m]
+    assert [k for k in kept if k] == ["You", "are", "helpful", ".", "hello", "you", "assistant"], kept
+    assert not any(m for t, m in zip(own.ids, own.mask) if t in set(tok.all_special_ids))
     r = situations.reply_item([5, 6, 7], [8, 9])
     assert r.ids == [5, 6, 7, 8, 9] and r.mask == [False, False, False, True, True]
 
