@@ -90,6 +90,8 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
 
         summary["situation"] = section(read, found, cfg.finder, cfg.seed, cfg.dashboard.n_bootstrap)
         write_jsonl(out_dir / "situation_replies.jsonl", read.replies)
+    else:
+        summary["situation"] = {"skipped": f"{persona.path.name} has no search.situation set"}
     found.summary["headline_feature"] = found.summary["top_feature"]
     if cfg.finder.specificity:
         from psm_repro.specificity import specificity

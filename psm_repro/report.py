@@ -129,6 +129,8 @@ def _d_ci(r: dict, read: str) -> str:
 
 def situation_section(sit: dict) -> list[str]:
     """The assistant in the situation (psm_repro/situations.py): both read points for the top latents."""
+    if sit.get("skipped"):
+        return ["## The assistant in the situation", "", f"Not measured: {sit['skipped']}.", ""]
     rd = sit["reads"]
     lines = ["## The assistant in the situation", "",
              f"{sit['n_pairs']} matched situation / neutral user turns, no assistant text. Read at the prompt "

@@ -49,7 +49,7 @@ def _headline(s: dict) -> str:
 def _situation(s: dict) -> str:
     """The headline latent's situation effect at both read points; * = significant (BH q < 0.05)."""
     sit, sp = s.get("situation"), s.get("specificity")
-    if not sit or not sp:
+    if not sit or sit.get("skipped") or not sp:
         return "no situation set"
     r = next((x for x in sit["latents"] if x["feature"] == sp["headline_feature"]), None)
     if r is None:
