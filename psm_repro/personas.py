@@ -215,19 +215,25 @@ def load_persona(path: str | Path, shipped: bool = False) -> Persona:
     return persona
 
 
-def _check_chat(chk: _Checker, chat, where: tuple) -> None:
+def _check_chat(chk: _Checker, chat, where: tuple, situation: bool = False) -> None:
+    """A chat of {role, content} turns ending with an assistant turn; a situation item holds only system and
+    user turns and ends with a user turn (the model writes the reply)."""
     label = f"{where[0]}.{where[1]}[{where[2]}]"
     if not isinstance(chat, list) or not chat:
         chk.fail(f"{label} must be a non-empty list of {{role, content}} turns", *where)
     for j, turn in enumerate(chat):
         if not isinstance(turn, dict) or set(turn) != {"role", "content"}:
             chk.fail(f"{label}[{j}] must have exactly the keys role, content", *where, j)
+        if situation and turn["role"] not in ("system", "user"):
+            chk.fail(f"{label}[{j}]: role '{turn['role']}': a situation item holds only system and user turns "
+                     "(the model writes the reply)", *where, j)
         if turn["role"] not in ROLES:
             chk.fail(f"{label}[{j}]: unknown role '{turn['role']}' (expected one of {sorted(ROLES)})", *where, j)
         if not isinstance(turn["content"], str) or not turn["content"].strip():
             chk.fail(f"{label}[{j}]: content must be a non-empty string", *where, j)
-    if chat[-1]["role"] != "assistant":
-        chk.fail(f"{label} must end with an assistant turn", *where)
+    last = "user" if situation else "assistant"
+    if chat[-1]["role"] != last:
+        chk.fail(f"{label} must end with a{'n' if last == 'assistant' else ''} {last} turn", *where)
 
 
 def _check_situations(chk: _Checker, search: dict, shipped: bool) -> tuple[list[Chat], list[Chat]]:
@@ -244,20 +250,7 @@ def _check_situations(chk: _Checker, search: dict, shipped: bool) -> tuple[list[
         if not isinstance(items, list) or not items:
             chk.fail(f"search.{key} must be a non-empty list", "search", key)
         for i, chat in enumerate(items):
-            where = ("search", key, i)
-            label = f"search.{key}[{i}]"
-            if not isinstance(chat, list) or not chat:
-                chk.fail(f"{label} must be a non-empty list of {{role, content}} turns", *where)
-            for j, turn in enumerate(chat):
-                if not isinstance(turn, dict) or set(turn) != {"role", "content"}:
-                    chk.fail(f"{label}[{j}] must have exactly the keys role, content", *where, j)
-                if turn["role"] not in ("system", "user"):
-                    chk.fail(f"{label}[{j}]: role '{turn['role']}': a situation item holds only system and user "
-                             "turns (the model writes the reply)", *where, j)
-                if not isinstance(turn["content"], str) or not turn["content"].strip():
-                    chk.fail(f"{label}[{j}]: content must be a non-empty string", *where, j)
-            if chat[-1]["role"] != "user":
-                chk.fail(f"{label} must end with a user turn", *where)
+            _check_chat(chk, chat, ("search", key, i), situation=True)
         _check_unique(chk, [_item_text(x) for x in items], ("search", key))
     sit, neu = search["situation"], search["situation_neutral"]
     if len(sit) != len(neu):

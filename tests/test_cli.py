@@ -108,6 +108,16 @@ def test_ranking_by_situation_without_situation_sets_fails_before_the_model_load
     assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
+def test_a_persona_without_situations_says_so_in_its_card(tiny_overrides, tmp_path):
+    (tmp_path / "bare").mkdir()
+    bare = write_persona(tmp_path / "bare", n=12)
+    out = tmp_path / "bare_run"
+    assert main(["find", *tiny_overrides, f"persona_file={bare}", "dashboard.enabled=false",
+                 f"hydra.run.dir={out}"]) == 0
+    assert "Not measured: planted.yaml has no search.situation set." in (out / "summary.md").read_text()
+    assert not (out / "situation_replies.jsonl").exists()
+
+
 def test_find_ranks_by_situation_when_asked(tiny_overrides, tmp_path):
     out = tmp_path / "sit"
     assert main(["find", *tiny_overrides, "finder.rank_by=narrative_situation", f"hydra.run.dir={out}"]) == 0
