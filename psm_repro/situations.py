@@ -210,7 +210,8 @@ def latent_rows(contrasts: dict[str, Contrast], features: list[tuple[int, str]],
         for read in READS:
             c = contrasts[read]
             lo, hi = effect_interval(c.diff_NF[:, f].numpy(), n_resamples, seed)
-            sig = bool(c.tested_F[f]) and c.q_F[f] < cfg.fdr_alpha and float(c.effect_F[f]) > 0
+            # plain bools: numpy's would reach summary.json as the strings "True" / "False"
+            sig = bool(c.tested_F[f]) and bool(c.q_F[f] < cfg.fdr_alpha) and float(c.effect_F[f]) > 0
             row.update({f"{read}_d": float(c.effect_F[f]), f"{read}_ci_low": lo, f"{read}_ci_high": hi,
                         f"{read}_q": float(c.q_F[f]), f"{read}_significant": sig,
                         f"{read}_beats_shuffled": float(c.effect_F[f]) > c.shuffled_p95})
