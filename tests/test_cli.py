@@ -71,6 +71,9 @@ def test_find_writes_features_with_the_required_columns(tiny_overrides, tmp_path
     # the situation contrast at both read points, the model's own replies, and the specificity flags
     assert "## The assistant in the situation" in card and "situation d: prompt" in card
     assert summary["situation"]["n_pairs"] == 12 and len(summary["situation"]["latents"]) >= 1
+    for row in summary["situation"]["latents"]:  # JSON booleans, not numpy's str() ("False" reads as true)
+        for key in ("prompt_significant", "reply_significant", "situation_significant", "agree"):
+            assert isinstance(row[key], bool), (key, row[key])
     replies = (out / "situation_replies.jsonl").read_text().splitlines()
     assert len(replies) == 2 * 12 * 2
     for col in ("situation_prompt_d", "situation_reply_d", "generic", "other_personas_passed"):

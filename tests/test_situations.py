@@ -98,6 +98,23 @@ def test_replies_are_cached_by_content_and_resampled_when_anything_changes(tiny_
     assert not longer.cached and len(longer.replies) == 2 * 16 * 3
 
 
+def test_each_pair_is_read_on_the_models_reply_to_its_own_prompt(tiny_model, planted, tmp_path):
+    """Greedy decoding makes a reply a function of its prompt: the record for (set, item) must be what
+    `generate` writes for that item's prompt alone."""
+    from psm_repro.steering import generate
+
+    persona, sae, _, _ = planted
+    cfg = dataclasses.replace(CFG, situation_temperature=0.0, situation_samples=2)
+    read = situations.read_situations(tiny_model, sae, persona, cfg, 0, 0, tmp_path)
+    tok = tiny_model.tokenizer
+    for key, chats in (("situation", persona.situation), ("situation_neutral", persona.situation_neutral)):
+        for i in (0, 7, 15):
+            (alone,), _ = generate(tiny_model, [situations.prompt_item(tok, chats[i], 0).ids],
+                                   cfg.situation_max_new_tokens, 0.0, 0)
+            got = [r["reply"] for r in read.replies if r["set"] == key and r["item"] == i]
+            assert got == [tok.decode(alone, skip_special_tokens=True)] * 2, (key, i)
+
+
 def test_a_corrupt_reply_cache_is_resampled(tiny_model, planted, tmp_path):
     persona, sae, read, _ = planted
     first = situations.read_situations(tiny_model, sae, persona, CFG, 0, 0, tmp_path)
