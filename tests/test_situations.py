@@ -9,6 +9,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats as sps
 
 from psm_repro import situations
@@ -60,6 +61,13 @@ def test_the_card_section_reports_both_reads_and_the_disagreement(tiny_model, pl
     rows = {r["feature"]: r for r in sec["latents"]}
     assert rows[SCRIPTED]["scripted_significant"] and not rows[SCRIPTED]["prompt_significant"]
     assert not rows[SCRIPTED]["agree"] and SCRIPTED in sec["disagree"]
+    # ranked by the situation, the situation latent heads the list, passes at the prompt, not on scripted replies
+    ranked = find_features(tiny_model, sae, persona, dataclasses.replace(CFG, rank_by="narrative_situation"),
+                           seed=0, situation=read.acts)
+    top = situations.section(read, ranked, CFG, seed=0, n_resamples=500)["latents"][0]
+    assert top["feature"] == SITUATION and top["group"] == "shared #1"
+    assert top["prompt_significant"] and top["situation_significant"] and not top["scripted_significant"]
+    assert not top["agree"]
     assert sec["n_pairs"] == 16 and sec["samples"] == CFG.situation_samples
     assert len(read.replies) == 2 * 16 * CFG.situation_samples
     # the situation latent's prompt effect, against scipy: paired d_z on the planted activations
@@ -98,21 +106,30 @@ def test_replies_are_cached_by_content_and_resampled_when_anything_changes(tiny_
     assert not longer.cached and len(longer.replies) == 2 * 16 * 3
 
 
-def test_each_pair_is_read_on_the_models_reply_to_its_own_prompt(tiny_model, planted, tmp_path):
-    """Greedy decoding makes a reply a function of its prompt: the record for (set, item) must be what
-    `generate` writes for that item's prompt alone."""
-    from psm_repro.steering import generate
-
+def test_each_pair_is_read_on_the_reply_to_its_own_prompt(tiny_model, planted, tmp_path, monkeypatch):
+    """A stand-in for `generate` that echoes each prompt's user words, numbered by sample: the record and the
+    measured reply tokens for (set, item, sample) must be that item's words (the random tiny model writes
+    much the same text for every prompt, so its own replies cannot tell the items apart)."""
     persona, sae, _, _ = planted
-    cfg = dataclasses.replace(CFG, situation_temperature=0.0, situation_samples=2)
-    read = situations.read_situations(tiny_model, sae, persona, cfg, 0, 0, tmp_path)
     tok = tiny_model.tokenizer
+    special = set(tok.all_special_ids)
+
+    def echo(model, prompts, max_new_tokens, temperature, seed, top_p=None):
+        calls.append(len(prompts))
+        return [[t for t in p if t not in special][-6:-2] for p in prompts], 0
+
+    calls: list[int] = []
+    monkeypatch.setattr(situations, "generate", echo)
+    cfg = dataclasses.replace(CFG, situation_samples=3)
+    read = situations.read_situations(tiny_model, sae, persona, cfg, 0, 0, tmp_path)
+    assert sum(calls) == 2 * 16 * 3
     for key, chats in (("situation", persona.situation), ("situation_neutral", persona.situation_neutral)):
-        for i in (0, 7, 15):
-            (alone,), _ = generate(tiny_model, [situations.prompt_item(tok, chats[i], 0).ids],
-                                   cfg.situation_max_new_tokens, 0.0, 0)
+        for i in range(16):
+            want = " ".join(chats[i][-1]["content"].split()[-4:-1])  # "... <marker> <i> ?" -> its last words
             got = [r["reply"] for r in read.replies if r["set"] == key and r["item"] == i]
-            assert got == [tok.decode(alone, skip_special_tokens=True)] * 2, (key, i)
+            assert len(got) == 3 and all(want in g for g in got), (key, i, want, got)
+    reply = read.acts["situation_reply"]
+    assert len(reply.tokens) == 16 and reply.latents_NF.shape[0] == 16
 
 
 def test_a_corrupt_reply_cache_is_resampled(tiny_model, planted, tmp_path):
@@ -123,6 +140,25 @@ def test_a_corrupt_reply_cache_is_resampled(tiny_model, planted, tmp_path):
     again = situations.read_situations(tiny_model, sae, persona, CFG, 0, 0, tmp_path)
     assert not again.cached and len(again.replies) == len(first.replies)
     assert situations.read_situations(tiny_model, sae, persona, CFG, 0, 0, tmp_path).cached
+
+
+def test_a_latent_is_tested_from_min_active_items_pooled_items_on():
+    """Hand-built case: latent 0 fires on exactly 3 of the pooled items (min_active_items), latent 1 on 2."""
+    from psm_repro.finder import ItemActs
+
+    trait = torch.zeros(10, 2)
+    neutral = torch.zeros(10, 2)
+    trait[[0, 1], 0], neutral[4, 0] = 1.0, 0.5
+    trait[2, 1], neutral[3, 1] = 1.0, 1.0
+
+    def acts(x):
+        return ItemActs(x, torch.zeros_like(x, dtype=torch.long), torch.zeros(10, 4), [[1]] * 10)
+
+    c = situations.contrast(acts(trait), acts(neutral), CFG, seed=0)
+    assert c.tested_F.tolist() == [True, False]
+    assert c.p_F[1] == 1.0 and c.q_F[1] == 1.0  # untested latents never reach the FDR step
+    assert float(c.effect_F[0]) == pytest.approx(np.mean([1, 1, 0, 0, -0.5, 0, 0, 0, 0, 0]) / max(
+        np.std([1, 1, 0, 0, -0.5, 0, 0, 0, 0, 0], ddof=1), 1e-3 + 0.05 * 1.0))
 
 
 def test_the_effect_interval_matches_scipy_and_covers_the_estimate():
