@@ -26,6 +26,16 @@ class Encoded:
     mask: list[bool]
 
 
+def content_spans(text: str, contents: list[str]) -> list[tuple[int, int]]:
+    """Character spans of each message's content in a rendered chat, found in order."""
+    spans, at = [], 0
+    for content in contents:
+        start = text.index(content, at)
+        spans.append((start, start + len(content)))
+        at = start + len(content)
+    return spans
+
+
 def dedupe_bos(ids: list[int], bos_id: int | None) -> list[int]:
     """Chat templates that write BOS themselves plus a tokenizer that adds one give two: keep one."""
     while bos_id is not None and len(ids) >= 2 and ids[0] == bos_id and ids[1] == bos_id:

@@ -75,6 +75,13 @@ def encode_persona(model: HookedModel, persona: Persona, prepend_bos: bool,
     }
 
 
+def persona_activations(model: HookedModel, sae, persona: Persona, cfg: FinderConfig) -> dict[str, ItemActs]:
+    """Item activations of the persona's four search sets (narrative and assistant, trait and neutral)."""
+    encoded = encode_persona(model, persona, sae_prepend_bos(sae), sae_first_position(sae))
+    return {s: item_activations(model, sae, encoded[s], cfg.aggregation, cfg.batch_size,
+                                desc=f"{persona.name}: {s}") for s in SETS}
+
+
 @torch.no_grad()
 def item_activations(model: HookedModel, sae, items: list[Encoded], aggregation: str, batch_size: int,
                      desc: str = "encoding") -> ItemActs:
@@ -143,7 +150,7 @@ def rank_latents(acts: dict[str, ItemActs], cfg: FinderConfig, seed: int, second
     tested = active.numpy()
     q[tested] = stats.benjamini_hochberg(joint_p.numpy()[tested])
     return {"narrative_effect": n_eff, "second_effect": s_eff, "narrative_p": n_p, "second_p": s_p,
-            "score": score, "q": q, "active": active, "n_diff": n_diff, "s_diff": s_diff, "second": second}
+            "score": score, "q": q, "active": active, "n_diff": n_diff, "s_diff": s_diff}
 
 
 def _dense_baseline(acts: dict[str, ItemActs], seed: int) -> dict:
@@ -198,9 +205,7 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
 
     `situation`: the persona's situation sets read by `situations.read_situations`; needed for
     `cfg.rank_by=narrative_situation`, which ranks on min(narrative d, situation d at `cfg.situation_read`)."""
-    encoded = encode_persona(model, persona, sae_prepend_bos(sae), sae_first_position(sae))
-    acts = {s: item_activations(model, sae, encoded[s], cfg.aggregation, cfg.batch_size, desc=f"encoding {s}")
-            for s in SETS}
+    acts = persona_activations(model, sae, persona, cfg)
     # the scripted contrast is always computed: the reuse rate and the streetlight test are about it
     scripted = rank_latents(acts, cfg, seed)
     second = "assistant"
@@ -260,7 +265,7 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
         "n_pairs": {"narrative": len(persona.narrative), "assistant": len(persona.assistant)},
     }
     extra = {"set_latents": {s: acts[s].latents_NF for s in SETS}, "narrative_effect": scripted["narrative_effect"],
-             "significant_assistant": sig_a_F, "significant_narrative": sig_n_F, "scripted": scripted}
+             "significant_assistant": sig_a_F, "significant_narrative": sig_n_F}
     return FinderResult(rows, summary, max_act, freq, dense["direction"], resid_norm, extra)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from psm_repro import stats
-from psm_repro.chat import fold_system, supports_system
+from psm_repro.chat import content_spans, fold_system, supports_system
 from psm_repro.loading import sae_encode, sae_first_position, sae_hook_name
 from psm_repro.personas import PersonaError, read_yaml
 
@@ -62,11 +62,8 @@ def chat_roles(tokenizer, item: OrdinaryItem) -> tuple[list[int], list[str]]:
         messages = fold_system(messages)
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    spans, at = [], 0
-    for role, content in (("user", item.user), ("assistant", item.assistant)):
-        start = text.index(content, at)
-        spans.append((role, start, start + len(content)))
-        at = start + len(content)
+    spans = [(role, lo, hi) for role, (lo, hi) in zip(("user", "assistant"),
+                                                     content_spans(text, [item.user, item.assistant]))]
     special = set(tokenizer.all_special_ids)
     ids = list(enc["input_ids"])
     words = [tokenizer.decode([t]) for t in ids]

@@ -244,7 +244,7 @@ def _check_situations(chk: _Checker, search: dict, shipped: bool) -> tuple[list[
     if len(present) == 1:
         missing = SITUATION_KEYS[1 - SITUATION_KEYS.index(present[0])]
         chk.fail(f"search.{present[0]} needs its matched search.{missing}", "search", present[0])
-    minimum = 40 if shipped else MIN_SITUATION_PAIRS
+    minimum = SHIPPED_MINIMUMS["search"] if shipped else MIN_SITUATION_PAIRS
     for key in SITUATION_KEYS:
         items = search[key]
         if not isinstance(items, list) or not items:

@@ -27,7 +27,7 @@ import torch
 from scipy import stats as sps
 
 from psm_repro import stats
-from psm_repro.chat import Encoded, encode_prompt, fold_system, is_transcript, supports_system
+from psm_repro.chat import Encoded, content_spans, encode_prompt, fold_system, is_transcript, supports_system
 from psm_repro.config import FinderConfig
 from psm_repro.finder import ItemActs, item_activations
 from psm_repro.memory import rows_that_fit
@@ -85,11 +85,7 @@ def _own_tokens(tokenizer, chat: list[dict], ids: list[int]) -> list[bool] | Non
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     if list(enc["input_ids"]) != ids or not text.startswith(bare):
         return None
-    spans, at = [(len(bare), len(text))], 0
-    for m in messages:
-        start = text.index(m["content"], at)
-        spans.append((start, start + len(m["content"])))
-        at = start + len(m["content"])
+    spans = [(len(bare), len(text))] + content_spans(text, [m["content"] for m in messages])
     return [any(lo <= a < hi for lo, hi in spans) for a, _ in enc["offset_mapping"]]
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from psm_repro.config import FinderConfig
-from psm_repro.finder import SETS, encode_persona, item_activations, rank_latents
-from psm_repro.loading import PROJECT_ROOT, sae_first_position, sae_prepend_bos
+from psm_repro.finder import persona_activations, rank_latents
+from psm_repro.loading import PROJECT_ROOT
 from psm_repro.outputs import write_bytes
 from psm_repro.personas import Persona, load_persona
 
@@ -42,10 +42,7 @@ def persona_scores(model, sae, persona: Persona, cfg: FinderConfig, seed: int, c
                 return z["score"], z["q"]
         except (OSError, ValueError, KeyError):
             logger.warning("specificity cache %s is unreadable; recomputing", path)
-    encoded = encode_persona(model, persona, sae_prepend_bos(sae), sae_first_position(sae))
-    acts = {s: item_activations(model, sae, encoded[s], cfg.aggregation, cfg.batch_size,
-                                desc=f"{persona.name}: {s}") for s in SETS}
-    ranked = rank_latents(acts, cfg, seed)
+    ranked = rank_latents(persona_activations(model, sae, persona, cfg), cfg, seed)
     score, q = ranked["score"].numpy().astype(np.float32), np.asarray(ranked["q"], dtype=np.float32)
     buf = io.BytesIO()
     np.savez(buf, score=score, q=q)
