@@ -77,12 +77,18 @@ def reply_logprobs(model: HookedModel, rows: list[list[int]], starts: list[int],
     return out
 
 
-def perplexities(model: HookedModel, prompts: list[str], replies: list[str], batch_size: int = 32) -> np.ndarray:
-    """Perplexity of each reply under the unsteered model (inf-safe: empty replies get NaN)."""
-    rows, starts = teacher_forced_rows(model, prompts, replies)
-    lp = reply_logprobs(model, rows, starts, batch_size)
+def perplexities(model: HookedModel, prompts: list[str], replies: list[str], batch_size: int = 32,
+                 reference=None) -> np.ndarray:
+    """Perplexity of each reply under the unsteered model (inf-safe: empty replies get NaN). `reference`: a
+    judge.ReferenceLM on this same model, whose cached log-probs are these numbers (no second forward pass)."""
+    empty = np.array([not model.tokenizer(r, add_special_tokens=False)["input_ids"] for r in replies], dtype=bool)
+    if reference is not None:
+        lp = reference(prompts, replies)
+    else:
+        rows, starts = teacher_forced_rows(model, prompts, replies)
+        lp = reply_logprobs(model, rows, starts, batch_size)
     ppl = np.exp(-lp)
-    ppl[[len(r) == s for r, s in zip(rows, starts)]] = np.nan
+    ppl[empty] = np.nan
     return ppl
 
 

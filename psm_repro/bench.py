@@ -24,6 +24,7 @@ from psm_repro.config import BenchConfig, RunConfig
 from psm_repro.finder import item_activations
 from psm_repro.hooked import HookedModel
 from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, sae_encode, sae_hook_name
+from psm_repro.bench_peers import peer_cost, peer_rows
 from psm_repro.outputs import write_json, write_text
 from psm_repro.steering import Intervention, generate, steer
 
@@ -122,7 +123,20 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
             out, _ = generate(model, prompts, b.gen_tokens, 0.0, cfg.seed)
         return sum(len(o) for o in out) or 1
 
-    gen = _timed({"hf_generate": hf_generate, "steered": steered}, b.repeats)
+    def hf_sampled():  # HF's own temperature + top-p warpers, as the sweep samples (0.2, 0.9)
+        ids, attn = model.pad_batch(prompts, side="left")
+        torch.manual_seed(cfg.seed)
+        with torch.inference_mode():
+            out = model.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=b.gen_tokens, do_sample=True,
+                                       temperature=0.2, top_p=0.9, top_k=None, pad_token_id=model.tokenizer.pad_token_id)
+        return int((out[:, ids.shape[1]:] != model.tokenizer.pad_token_id).sum()) or 1
+
+    def sampled():  # the same through psm_repro's generate (NucleusWarper)
+        out, _ = generate(model, prompts, b.gen_tokens, 0.2, cfg.seed, top_p=0.9)
+        return sum(len(o) for o in out) or 1
+
+    gen = _timed({"hf_generate": hf_generate, "steered": steered, "hf_sampled": hf_sampled, "sampled": sampled},
+                 b.repeats)
 
     coefs = torch.linspace(0, 8, b.sweep_coefficients)
     sweep_prompts = prompts[: b.sweep_prompts]
@@ -172,6 +186,7 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
         result["end_to_end"] = _end_to_end(out_dir)
         if "dashboard_share" in result["end_to_end"]:
             result["ratios"]["dashboard_share_of_run"] = result["end_to_end"]["dashboard_share"]
+        result["peer_cost"] = peer_cost(model, cfg, result["end_to_end"], _end_to_end)
     write_json(out_dir / "bench.json", result)
     write_text(out_dir / "bench.md", render(result))
     return result
@@ -324,21 +339,22 @@ def _situation_cost(cfg: RunConfig) -> dict:
             "situation_share": warm["situations"] / rest, "situation_share_cold": cold["situations"] / rest}
 
 
-def _end_to_end(out_dir: Path) -> dict:
+def _end_to_end(out_dir: Path, overrides: tuple[str, ...] = ()) -> dict:
     import tempfile
 
     # a throwaway run directory: a result card under results/ would become a row in the tables
     run_dir = Path(tempfile.mkdtemp(prefix="psm_repro_bench_")) / "run"
-    cmd = [sys.executable, "-m", "psm_repro", "run", "experiment=steer_secrecy", f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "psm_repro", "run", "experiment=steer_secrecy", *overrides, f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux -> MiB
-    out = {"command": "python -m psm_repro run experiment=steer_secrecy", "wall_s": wall, "peak_rss_mib": peak,
-           "ok": proc.returncode == 0}
+    out = {"command": " ".join(["python -m psm_repro run experiment=steer_secrecy", *overrides]), "wall_s": wall,
+           "peak_rss_mib": peak, "ok": proc.returncode == 0}
     summary = run_dir / "summary.json"
     if out["ok"] and summary.exists():
         s = json.loads(summary.read_text())
+        out["stage_seconds"] = s.get("stage_seconds", {})
         if "streetlight" in s:
             extra = sum(s["streetlight"]["seconds"].values())
             out["dashboard_s"] = extra
@@ -360,6 +376,14 @@ def _load_rows(load: dict) -> list[str]:
         rows.append(f"| same, bare HF `from_pretrained` of tokenizer + model from the cached files (s) | "
                     f"{h['first_s']:.2f} | | |")
     return rows
+
+
+def _sampling_rows(g: dict) -> list[str]:
+    if "sampled" not in g:
+        return []
+    return [f"| sampled generate, T 0.2 top-p 0.9: HF's warpers (tok/s) | {_r(g['hf_sampled'])} | | |",
+            f"| same with psm_repro's NucleusWarper (tok/s) | {_r(g['sampled'])} | | |",
+            f"| NucleusWarper / HF's warpers | {g['sampled']['median'] / g['hf_sampled']['median']:.2f}x | | |"]
 
 
 def _training_rows(r: dict, ok: dict) -> list[str]:
@@ -389,6 +413,7 @@ def render(r: dict) -> str:
              f"| scan ratio vs naive | {ratios['scan_vs_naive']:.2f}x | >= 2x | {'yes' if ok['scan_vs_naive'] else 'NO'} |",
              f"| HF generate (tok/s) | {_r(r['generation_tokens_per_s']['hf_generate'])} | | |",
              f"| steered generate, add at all positions (tok/s) | {_r(r['generation_tokens_per_s']['steered'])} | | |",
+             *_sampling_rows(r["generation_tokens_per_s"]),
              f"| steered / HF generate | {ratios['steered_vs_hf_generate']:.2f}x | >= 0.9x | "
              f"{'yes' if ok['steered_vs_hf_generate'] else 'NO'} |",
              f"| sweep, batched vs sequential coefficients | {ratios['batched_sweep_speedup']:.2f}x | >= 3x | "
@@ -423,6 +448,7 @@ def render(r: dict) -> str:
         e = r["end_to_end"]
         lines.append(f"| end to end `{e['command']}` | {e['wall_s']:.0f} s, peak {e['peak_rss_mib']:.0f} MiB"
                      f"{'' if e['ok'] else ' (FAILED)'} | <= 300 s | {'yes' if e['ok'] and e['wall_s'] <= 300 else 'NO'} |")
+        lines += peer_rows(r.get("peer_cost") or {})
     p = r["load_s"]["psm_repro"]
     lines += ["", f"Model load: a second load in the same process takes {p['warm_s']:.2f} s; the first load in a fresh "
               f"process takes {p['first_s']:.2f} s because transformers imports its model, generation and loading "

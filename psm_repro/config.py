@@ -233,6 +233,35 @@ class SteerConfig:
 
 
 @dataclass
+class PeersConfig:
+    """The peers' steering methods beside the SAE latent (docs/peers.md): the persona vector and the CAA vector."""
+
+    enabled: bool = True
+    samples: int = 1
+    """Replies sampled per (instruction pair, question) and side (pos / neg) for the persona vector."""
+    max_new_tokens: int = 40
+    temperature: float = 0.2
+    top_p: float = 0.9
+    """Extraction replies are sampled as the sweep samples (SmolLM2's recommended 0.2 / 0.9); persona_vectors
+    samples at 1.0, which for a 135M model leaves most replies incoherent and filtered out."""
+    trait_threshold: float = 0.5
+    """A pair is kept when the judge gives the pos reply trait >= this and the neg reply trait < 1 - this
+    (persona_vectors: 50 on its 0-100 scale), ..."""
+    coherence_threshold: float = 0.5
+    """... and both replies coherence >= this (persona_vectors: 50)."""
+    min_pairs: int = 3
+    """Fewer kept pairs than this: the persona vector is not built and the card says why."""
+
+    def __post_init__(self):
+        _positive("peers", self, ("samples", "max_new_tokens", "min_pairs"))
+        for name in ("trait_threshold", "coherence_threshold", "top_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"peers.{name}: must be in [0, 1], got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise ConfigError(f"peers.temperature: must be >= 0, got {self.temperature}")
+
+
+@dataclass
 class CorpusConfig:
     """`build-corpus`: the SAE training corpus as token-id shards (docs/sae_corpus.md)."""
 
@@ -423,6 +452,7 @@ class RunConfig:
     latent: int | None = None
     """`explain latent=<id>`: the latent to explain."""
     steer: SteerConfig = field(default_factory=SteerConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     train_sae: TrainSAEConfig = field(default_factory=TrainSAEConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)

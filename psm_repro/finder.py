@@ -76,10 +76,23 @@ def encode_persona(model: HookedModel, persona: Persona, prepend_bos: bool,
 
 
 def persona_activations(model: HookedModel, sae, persona: Persona, cfg: FinderConfig) -> dict[str, ItemActs]:
-    """Item activations of the persona's four search sets (narrative and assistant, trait and neutral)."""
+    """Item activations of the persona's four search sets (narrative and assistant, trait and neutral).
+
+    An imported file without narratives is ranked on the assistant contrast alone: its narrative sets are the
+    assistant sets (the same objects), so min(narrative d, assistant d) is the assistant d."""
+    if not persona.assistant:
+        raise ValueError(f"{persona.path}: no assistant contrast to search (search.assistant is empty)")
     encoded = encode_persona(model, persona, sae_prepend_bos(sae), sae_first_position(sae))
-    return {s: item_activations(model, sae, encoded[s], cfg.aggregation, cfg.batch_size,
-                                desc=f"{persona.name}: {s}") for s in SETS}
+    sets = SETS if persona.narrative else ("assistant", "assistant_neutral")
+    acts = {s: item_activations(model, sae, encoded[s], cfg.aggregation, cfg.batch_size,
+                                desc=f"{persona.name}: {s}") for s in sets}
+    if not persona.narrative:
+        acts["narrative"], acts["narrative_neutral"] = acts["assistant"], acts["assistant_neutral"]
+    return acts
+
+
+def assistant_only(acts: dict[str, ItemActs]) -> bool:
+    return acts["narrative"] is acts["assistant"]
 
 
 @torch.no_grad()
@@ -182,6 +195,8 @@ def _dense_baseline(acts: dict[str, ItemActs], seed: int) -> dict:
 def _snippets(acts: dict[str, ItemActs], feature: int, tokenizer, n: int) -> tuple[str, str]:
     cands = []
     for s in SETS:
+        if s.startswith("narrative") and assistant_only(acts):
+            continue
         a = acts[s]
         for i in range(a.latents_NF.shape[0]):
             cands.append((float(a.latents_NF[i, feature]), s, i))
@@ -217,7 +232,7 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
     full = scripted if second == "assistant" else rank_latents(acts, cfg, seed, second)
     order = torch.argsort(full["score"], descending=True)
     n_tested = int(full["active"].sum())
-    all_lat = torch.cat([acts[s].latents_NF for s in SETS])
+    all_lat = torch.cat([acts[s].latents_NF for s in SETS[2 if assistant_only(acts) else 0:]])
     max_act = all_lat.max(0).values
     freq = (all_lat > 0).float().mean(0)
 
@@ -226,6 +241,9 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
     # 200 draws: with 20, the "p95" is the runner-up of 20 and a chance top score beats it ~10% of the time
     null_max = _shuffled_max_scores(full, gen, draws=200)
     reuse, reuse_null, sig_a_F, sig_n_F = _reuse_rate(scripted, cfg, gen)
+    alone = assistant_only(acts)
+    if alone:  # no narratives: nothing can be "reused"
+        reuse = reuse_null = float("nan")
     dense = _dense_baseline(acts, seed)
     rows = []
     for rank, f in enumerate(order[: cfg.top_n].tolist(), start=1):
@@ -245,7 +263,7 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
         })
     best_n = int(torch.argmax(torch.where(scripted["active"], scripted["narrative_effect"], torch.tensor(-1e9))))
     best_a = int(torch.argmax(torch.where(scripted["active"], scripted["second_effect"], torch.tensor(-1e9))))
-    resid_norm = float(torch.cat([acts[s].resid_ND for s in SETS]).norm(dim=-1).mean())
+    resid_norm = float(torch.cat([acts[s].resid_ND for s in SETS[2 if alone else 0:]]).norm(dim=-1).mean())
     summary = {
         "persona": persona.name, "aggregation": cfg.aggregation, "latents": int(len(full["score"])),
         "latents_tested": n_tested, "significant_shared": int(sum(r["significant"] for r in rows)),
@@ -263,6 +281,7 @@ def find_features(model: HookedModel, sae, persona: Persona, cfg: FinderConfig, 
         "reuse_rate": reuse, "reuse_rate_shuffled": reuse_null,
         "assistant_significant": int(sig_a_F.sum()), "narrative_significant": int(sig_n_F.sum()),
         "n_pairs": {"narrative": len(persona.narrative), "assistant": len(persona.assistant)},
+        "assistant_only": alone,
     }
     extra = {"set_latents": {s: acts[s].latents_NF for s in SETS}, "narrative_effect": scripted["narrative_effect"],
              "significant_assistant": sig_a_F, "significant_narrative": sig_n_F}
@@ -274,6 +293,8 @@ def _stability(acts: dict[str, ItemActs], cfg: FinderConfig, seed: int,
     """Rank latents separately on two random halves of the pairs; (rank of each latent per half, top-10 overlap)."""
     rng = np.random.default_rng(seed)
     perms = {k: rng.permutation(acts[k].latents_NF.shape[0]) for k in ("narrative", second)}
+    if acts["narrative"] is acts[second]:  # assistant contrast alone: the same halves on both sides
+        perms["narrative"] = perms[second]
     ranks, tops = [], []
     for h in range(2):
         sub = {s: _subset(acts[s], perms[s.removesuffix("_neutral")][h::2])
@@ -293,9 +314,10 @@ def _shuffled_max_scores(full: dict, gen: torch.Generator, draws: int) -> list[f
     The tested set is reused as is: `tested_latents` is blind to labels within pairs, so it is also the set
     the shuffled data would have selected."""
     out = []
+    same = torch.equal(full["n_diff"], full["s_diff"])  # assistant contrast alone: one shuffle, not two
     for _ in range(draws):
-        s = torch.minimum(stats.paired_effect(stats.random_sign_flip(full["n_diff"], gen)),
-                          stats.paired_effect(stats.random_sign_flip(full["s_diff"], gen)))
+        n = stats.paired_effect(stats.random_sign_flip(full["n_diff"], gen))
+        s = n if same else torch.minimum(n, stats.paired_effect(stats.random_sign_flip(full["s_diff"], gen)))
         out.append(float(s[full["active"]].max()) if full["active"].any() else float("nan"))
     return out
 

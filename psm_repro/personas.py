@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from psm_repro.loading import PROJECT_ROOT
+from psm_repro.peer_formats import PeerFormatError, Peers, detect_format, read_ab, read_peers_section, read_trait, split_ab
 
 PERSONA_DIR = PROJECT_ROOT / "experiments" / "personas"
 ROLES = {"system", "user", "assistant"}
@@ -62,10 +63,18 @@ class Persona:
     """User turns (and optional system turns) that put the assistant in the situation; no assistant text."""
     situation_neutral: list[Chat] = field(default_factory=list)
     """Item i matches situation[i]: the same turns, differing only in the situation."""
+    peers: Peers | None = None
+    """The peer methods' data (persona vector, CAA vector, A/B items), from the `peers` section or an imported file."""
+    source: str = "native"
+    """native (YAML persona), persona_vectors (trait JSON) or caa (A/B JSON)."""
 
     @property
     def has_eval(self) -> bool:
-        return bool(self.prompts and self.pairs and self.judge)
+        return bool(self.prompts and self.judge)
+
+    @property
+    def has_narratives(self) -> bool:
+        return bool(self.narrative)
 
 
 def persona_path(name: str) -> Path:
@@ -158,6 +167,11 @@ def load_persona(path: str | Path, shipped: bool = False) -> Persona:
                       narrative_neutral=search["narrative_neutral"], assistant=search["assistant"],
                       assistant_neutral=search["assistant_neutral"], path=path)
     persona.situation, persona.situation_neutral = _check_situations(chk, search, shipped)
+    if "peers" in data:
+        try:
+            persona.peers = read_peers_section(path, data["peers"], chk.fail)
+        except PeerFormatError as err:
+            raise PersonaError(str(err)) from None
     if "ordinary" in data:
         ordinary = PROJECT_ROOT / "experiments" / str(data["ordinary"])
         if not ordinary.is_file():
@@ -289,8 +303,50 @@ def _all_texts(search: dict) -> set[str]:
 
 
 def resolve_persona(persona: str, persona_file: str | None) -> Persona:
-    """`persona_file=` wins over `persona=`; shipped files get the shipped minimums."""
+    """`persona_file=` wins over `persona=`; shipped files get the shipped minimums. The file's format is detected
+    from the file: a native YAML persona, a persona_vectors trait JSON or a CAA A/B JSON."""
     if persona_file:
         from psm_repro.loading import project_path
-        return load_persona(project_path(persona_file))
+        path = project_path(persona_file)
+        try:
+            kind = detect_format(path)
+            if kind == "persona_vectors":
+                return persona_from_trait(path)
+            if kind == "caa":
+                return persona_from_ab(path)
+        except PeerFormatError as err:
+            raise PersonaError(str(err)) from None
+        return load_persona(path)
     return load_persona(persona_path(persona), shipped=True)
+
+
+def persona_from_trait(path: Path) -> Persona:
+    """A persona_vectors trait file as a persona. It has no narratives and no written chats: `run` samples
+    replies under the pos / neg instructions (psm_repro/peer_vectors.py), and those replies become the assistant
+    contrast and the judge's examples. Questions alternate: even ones for extraction, odd ones for evaluation."""
+    peers = read_trait(path)
+    if len(peers.questions) < 4:
+        raise PersonaError(f"{path}: questions: {len(peers.questions)} given, at least 4 needed (half extract the "
+                           "vector, half are the eval prompts)")
+    eval_prompts = peers.questions[1::2]
+    peers.questions = peers.questions[0::2]
+    return Persona(name=path.stem, description=peers.instruction[0][0], narrative=[], narrative_neutral=[],
+                   assistant=[], assistant_neutral=[], prompts=eval_prompts, path=path, peers=peers,
+                   source="persona_vectors")
+
+
+def persona_from_ab(path: Path) -> Persona:
+    """A CAA A/B file as a persona: the assistant contrast is each question answered with the matching vs the
+    non-matching answer; even items build the CAA vector, odd items are held out for p(matching). No open-ended
+    eval prompts, so `find` runs and `run` says it needs a trait file too."""
+    items = read_ab(path)
+    if len(items) < 4:
+        raise PersonaError(f"{path}: {len(items)} A/B items, at least 4 needed (half build the vector, half are held out)")
+    train, test = split_ab(items)
+    chats = [([{"role": "user", "content": x.question}, {"role": "assistant", "content": x.matching}],
+              [{"role": "user", "content": x.question}, {"role": "assistant", "content": x.not_matching}])
+             for x in train]
+    peers = Peers(ab_train=train, ab_test=test, sources={"ab_train": str(path), "ab_test": str(path)})
+    return Persona(name=path.stem, description=f"the behaviour of the A/B answers in {path.name}", narrative=[],
+                   narrative_neutral=[], assistant=[a for a, _ in chats], assistant_neutral=[b for _, b in chats],
+                   path=path, peers=peers, source="caa")

@@ -9,14 +9,18 @@ from pathlib import Path
 
 import torch
 
-from psm_repro import report
+from psm_repro import peer_stage, report
+from psm_repro.ab_metric import AB_COLUMNS
 from psm_repro.chat import ChatEncodingError, chat_format, encode_chat, encode_prompt
 from psm_repro.config import RunConfig
 from psm_repro.explain import COLUMNS as EXPLAIN_COLUMNS, annotate_run
 from psm_repro.feature_cache import check_reference
 from psm_repro.finder import FEATURE_COLUMNS, find_features
 from psm_repro.embedded import cache_root
+from psm_repro.judge_validation import judge_for_run
+from psm_repro.llm_judge import judge_from_config
 from psm_repro.loading import PROJECT_ROOT, load_model, load_sae, project_path, sae_first_position
+from psm_repro.methods import METHOD_COLUMNS
 from psm_repro.outputs import claim_run_dir, manifest, write_csv, write_json, write_jsonl, write_text
 from psm_repro.personas import resolve_persona
 from psm_repro.steering import Intervention, generate, steer, stop_ids
@@ -59,6 +63,9 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
     start = time.time()
     torch.manual_seed(cfg.seed)
     persona = resolve_persona(cfg.persona, cfg.persona_file)
+    if steer_too and persona.source == "caa":
+        raise ValueError(f"persona_file={cfg.persona_file}: a CAA A/B file has no open-ended eval prompts, which `run` "
+                         "needs; use `find`, or name it as peers.ab_test of a YAML persona (docs/persona_format.md)")
     if cfg.finder.rank_by == "narrative_situation" and not persona.situation:
         raise ValueError(f"finder.rank_by=narrative_situation: {persona.path} has no search.situation / "
                          "search.situation_neutral sets (docs/persona_format.md)")
@@ -72,6 +79,13 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
     # 1. which latents fire on both the narrative and the assistant trait sets?
     cache = Path(cfg.finder.cache_dir).expanduser() if cfg.finder.cache_dir else cache_root()
     read, stages = None, {}
+    extraction = None
+    if persona.peers and (steer_too or persona.source == "persona_vectors"):  # persona-vector replies; an imported trait file's assistant contrast comes from them
+        from psm_repro.peer_stage import extract
+
+        lap = time.time()
+        extraction = extract(model, persona, cfg, cache)
+        stages["peer_extraction"] = time.time() - lap
     if persona.situation:  # the assistant in the situation, read on the model's own processing
         from psm_repro.situations import read_situations
 
@@ -83,7 +97,8 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
     found = find_features(model, sae, persona, cfg.finder, cfg.seed, _neuronpedia_id(cfg, sae),
                           situation=read.acts if read else None)
     logger.info("finder: %.1f s since start", time.time() - start)
-    summary = {"experiment": cfg.experiment_name, "persona": persona.name, "model": cfg.model.name,
+    summary = {"experiment": cfg.experiment_name, "persona": persona.name, "persona_format": persona.source,
+               "model": cfg.model.name,
                "sae": cfg.sae.name, "hook": sae.cfg.metadata.hook_name, "seed": cfg.seed, "finder": found.summary}
     if read:
         from psm_repro.situations import section
@@ -118,11 +133,23 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
                              "set steer.feature explicitly")
         # the judge's coherence features read the embedded SmolLM2: reuse it when it is the model under test
         ref = model if cfg.model.source == "embedded" else None
-        sweep = run_sweep(model, sae, persona, found, cfg.steer, cfg.seed, feature, cfg.judge, ref_model=ref)
+        judge = judge_for_run(persona, cfg.judge.sets_dir, cfg.seed, cfg.judge.folds, backend=cfg.steer.judge,
+                              llm_judge=judge_from_config(cfg.steer) if cfg.steer.judge == "llm" else None,
+                              ref_model=ref)
+        lap = time.time()
+        peers = peer_stage.build(model, sae, persona, extraction, judge[0], cfg, ref)
+        stages["peer_vectors"] = time.time() - lap
+        sweep = run_sweep(model, sae, persona, found, cfg.steer, cfg.seed, feature, cfg.judge, ref_model=ref,
+                          directions=peers.directions, judge=judge,
+                          ab_items=persona.peers.ab_test if cfg.peers.enabled and persona.peers else None)
         write_csv(out_dir / "steering.csv", sweep["table"], STEERING_COLUMNS)
+        write_csv(out_dir / "methods.csv", sweep["methods"], METHOD_COLUMNS)
+        if sweep["ab"]:
+            write_csv(out_dir / "ab.csv", sweep["ab"], AB_COLUMNS)
         write_jsonl(out_dir / "samples.jsonl", sweep["samples"])
         report.plot_dose_response(sweep["table"], out_dir / "dose_response.png", persona.name)
         summary["steering"] = {k: v for k, v in sweep.items() if k not in ("table", "samples")}
+        summary["peers"] = peers.info
         summary["steering"]["table_test"] = [r for r in sweep["table"] if r["split"] == "test"]
         summary["steering"]["mode"] = cfg.steer.mode
         summary["steering"]["positions"] = cfg.steer.positions

@@ -26,6 +26,10 @@ def verdict(d: dict) -> str:
 
 def render_summary(summary: dict, rows: list[dict]) -> str:
     f = summary["finder"]
+    if f.get("assistant_only"):
+        from psm_repro.report_peers import render_assistant_only
+
+        return render_assistant_only(summary, rows)
     lines = [f"# {summary['experiment']}: persona `{summary['persona']}`", "",
              f"Model `{summary['model']}`, SAE `{summary['sae']}` at `{summary['hook']}`, seed {summary['seed']}.", "",
              "## Finder", "",
@@ -104,6 +108,9 @@ def render_summary(summary: dict, rows: list[dict]) -> str:
                       f"{_f(st['slope'], 4)} [{_f(st['ci_low'], 4)}, {_f(st['ci_high'], 4)}].", "",
                   "Full dose-response (trait, coherence and headline side by side): `steering.csv`, "
                   "`dose_response.png`; replies with their three scores: `samples.jsonl`.", ""]
+        from psm_repro.report_peers import methods_section
+
+        lines += methods_section(s, summary.get("peers") or {})
     return "\n".join(lines)
 
 

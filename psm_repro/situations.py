@@ -16,8 +16,6 @@ latents active on enough pooled items, BH-FDR, and a shuffled-label null for the
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +28,8 @@ from psm_repro import stats
 from psm_repro.chat import Encoded, content_spans, encode_prompt, fold_system, is_transcript, supports_system
 from psm_repro.config import FinderConfig
 from psm_repro.finder import ItemActs, item_activations
-from psm_repro.memory import rows_that_fit
-from psm_repro.outputs import write_json
 from psm_repro.personas import Persona
-from psm_repro.steering import generate
+from psm_repro.sampling import Sampling, cached_replies
 
 logger = logging.getLogger(__name__)
 
@@ -94,38 +90,12 @@ def reply_item(prompt_ids: list[int], reply_ids: list[int]) -> Encoded:
     return Encoded(prompt_ids + reply_ids, [False] * len(prompt_ids) + [True] * len(reply_ids))
 
 
-def replies_key(model_id: str, prompts: list[list[int]], cfg: FinderConfig, seed: int) -> str:
-    facts = {"model": model_id, "prompts": prompts, "samples": cfg.situation_samples, "seed": seed,
-             "max_new_tokens": cfg.situation_max_new_tokens, "temperature": cfg.situation_temperature,
-             "top_p": cfg.situation_top_p}
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
-
-
 def sample_replies(model, prompts: list[list[int]], cfg: FinderConfig, seed: int,
                    cache_dir: Path) -> tuple[list[list[int]], bool]:
-    """`cfg.situation_samples` replies per prompt (row r = prompt r // samples), batched through `generate`
-    (batch b is sampled with seed + b); cached by content hash. Returns (replies, whether from the cache)."""
-    from psm_repro.feature_cache import model_hash
-
-    key = replies_key(model_hash(model), prompts, cfg, seed)
-    path = cache_dir / f"{key}.json"
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("key") == key and len(data["replies"]) == len(prompts) * cfg.situation_samples:
-                return data["replies"], True
-        except (ValueError, KeyError, TypeError):
-            pass
-        logger.warning("situation reply cache %s is unreadable or stale; sampling again", path)
-    rows = [p for p in prompts for _ in range(cfg.situation_samples)]
-    batch = rows_that_fit(model, max(map(len, rows)) + cfg.situation_max_new_tokens, GENERATION_BATCH)
-    out: list[list[int]] = []
-    for b in range(0, len(rows), batch):
-        replies, _ = generate(model, rows[b:b + batch], cfg.situation_max_new_tokens, cfg.situation_temperature,
-                              seed + b, top_p=cfg.situation_top_p)
-        out += replies
-    write_json(path, {"key": key, "replies": out})
-    return out, False
+    """`cfg.situation_samples` replies per prompt, cached (psm_repro/sampling.py)."""
+    sampling = Sampling(cfg.situation_samples, cfg.situation_max_new_tokens, cfg.situation_temperature,
+                        cfg.situation_top_p)
+    return cached_replies(model, prompts, sampling, seed, cache_dir)
 
 
 def _mean_over_samples(a: ItemActs, samples: int) -> ItemActs:

@@ -185,6 +185,8 @@ def generate(model: HookedModel, prompts: list[list[int]], max_new_tokens: int, 
     is plain temperature sampling; temperature 0 is greedy. A reply ends at any of the model's end ids; a base
     model's (plain-text transcript) also where it starts a turn of its own ("\nUser:").
     """
+    from transformers import LogitsProcessorList
+
     ids, attn = model.pad_batch(prompts, side="left")
     torch.manual_seed(seed)
     tok = model.tokenizer
@@ -192,12 +194,14 @@ def generate(model: HookedModel, prompts: list[list[int]], max_new_tokens: int, 
     sample = temperature > 0
     transcript = is_transcript(tok)
     stops = dict(stop_strings=list(TRANSCRIPT_STOPS), tokenizer=tok) if transcript else {}
+    nucleus = sample and top_p is not None and top_p < 1
+    # temperature and top-p by NucleusWarper (HF's two warpers without sorting the vocabulary); HF samples
+    warp = dict(logits_processor=LogitsProcessorList([NucleusWarper(temperature, top_p)]), temperature=1.0,
+                top_p=1.0) if nucleus else dict(temperature=temperature if sample else None, top_p=None)
     with torch.inference_mode():
         out = model.model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
-                                   max_new_tokens=max_new_tokens, do_sample=sample,
-                                   temperature=temperature if sample else None,
-                                   top_p=top_p if sample and top_p is not None and top_p < 1 else None, top_k=None,
-                                   pad_token_id=tok.pad_token_id, eos_token_id=ends, **stops)
+                                   max_new_tokens=max_new_tokens, do_sample=sample, top_k=None,
+                                   pad_token_id=tok.pad_token_id, eos_token_id=ends, **warp, **stops)
     new = out[:, ids.shape[1]:].tolist()
     cleaned = []
     for row in new:
@@ -205,3 +209,27 @@ def generate(model: HookedModel, prompts: list[list[int]], max_new_tokens: int, 
         row = [t for t in row[:cut] if t != tok.pad_token_id]
         cleaned.append(cut_made_up_turn(tok, row) if transcript else row)
     return cleaned, ids.shape[1]
+
+
+class NucleusWarper:
+    """Temperature then top-p (nucleus) filtering, as HF's TemperatureLogitsWarper + TopPLogitsWarper compute them,
+    without sorting the whole vocabulary: a token is kept when the probability mass of the tokens ranked above it is
+    below `top_p` (the top token always), and that set lies within the top `k` tokens whenever their mass reaches
+    `top_p` (k grows until it does). Sorting 49k logits per row per step was a fifth of SmolLM2's sampling time."""
+
+    def __init__(self, temperature: float, top_p: float, k: int = 64):
+        self.temperature, self.top_p, self.k = temperature, top_p, k
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores / self.temperature
+        probs = scores.float().softmax(-1)
+        k = min(self.k, scores.shape[-1])
+        while True:
+            top, idx = probs.topk(k, dim=-1)
+            if k == scores.shape[-1] or bool((top.sum(-1) >= self.top_p).all()):
+                break
+            k = min(4 * k, scores.shape[-1])
+        keep = (top.cumsum(-1) - top) < self.top_p
+        keep[:, 0] = True
+        drop = torch.ones_like(scores, dtype=torch.bool).scatter(-1, idx, ~keep)
+        return scores.masked_fill(drop, float("-inf"))

@@ -5,8 +5,12 @@ Methods (every run):
 * random_latent   a latent matched on activation frequency (and decoder norm) to the chosen one;
 * dense_direction the finder's difference-of-means direction, added at the latent's vector norm;
 * unsteered       coefficient 0;
-* system_prompt   no steering; a system prompt asks for the trait (the prompting baseline).
+* system_prompt   no steering; a system prompt asks for the trait (the prompting baseline);
+* persona_vector  the persona_vectors recipe's direction, and
+* caa_vector      CAA's A/B direction (psm_repro/peer_vectors.py), both added at the latent's vector norm,
+                  when the persona has their data.
 Eval prompts are split in two: the coefficient is chosen on the dev half, reported on the test half.
+`compare_methods` ranks every method at its own dev-chosen coefficient; `ab_table` gives CAA's A/B metric.
 """
 
 from __future__ import annotations
@@ -20,20 +24,27 @@ import torch
 from tqdm import tqdm
 
 from psm_repro import stats
+from psm_repro.ab_metric import ab_table
 from psm_repro.behaviour import coherence_collapsed, distinct_n, perplexities, reply_logprobs, teacher_forced_rows
 from psm_repro.chat import encode_prompt
 from psm_repro.config import JudgeConfig, SteerConfig
 from psm_repro.finder import FinderResult
 from psm_repro.hooked import HookedModel
+from psm_repro.judge import ReferenceLM
 from psm_repro.judge_validation import judge_for_run
 from psm_repro.llm_judge import judge_from_config
 from psm_repro.memory import rows_that_fit
+from psm_repro.methods import compare_methods
 from psm_repro.personas import Persona
 from psm_repro.steering import Intervention, generate, steer, steering_vector
 
 logger = logging.getLogger(__name__)
 
-STEERED = ("sae_latent", "random_latent", "dense_direction")
+STEERED = ("sae_latent", "random_latent", "dense_direction", "persona_vector", "caa_vector")
+"""Steered methods in table order; a run has those its data allows (the peer vectors need the peers section)."""
+CONTRAST_METHODS = STEERED[:3]
+"""The teacher-forced contrast log-prob is measured for the latent and its two controls; the peer vectors are
+measured by the headline score and the A/B metric."""
 STEERING_COLUMNS = ["method", "feature", "coefficient", "split", "score", "score_ci_low", "score_ci_high",
                     "trait_score", "trait_ci_low", "trait_ci_high", "coherence_score", "coherence_ci_low",
                     "coherence_ci_high", "delta_vs_unsteered", "delta_ci_low", "delta_ci_high", "contrast_logprob",
@@ -73,22 +84,26 @@ def closest_latent(freq_F: torch.Tensor, norms_F: torch.Tensor, feature: int, se
     return int(torch.argmin(dist))
 
 
-def build_interventions(sae, found: FinderResult, cfg: SteerConfig, feature: int, random_feature: int):
+def build_interventions(sae, found: FinderResult, cfg: SteerConfig, feature: int, random_feature: int,
+                        directions: dict[str, torch.Tensor] | None = None):
+    """The steered methods; dense directions (the finder's, the peer vectors) are unit-normalised and added at the
+    latent's vector norm, so every method injects a vector of the same size at coefficient 1."""
     scale = float(found.max_activation_F[feature])
     latent_norm = float(steering_vector(sae, Intervention(feature=feature, scale=scale)).norm())
+    dense = {"dense_direction": found.dense_direction_D} | (directions or {})
     return {
         "sae_latent": Intervention(mode=cfg.mode, feature=feature, scale=scale),
         "random_latent": Intervention(mode=cfg.mode, feature=random_feature,
                                       scale=float(found.max_activation_F[random_feature])),
-        "dense_direction": Intervention(mode="add", direction=found.dense_direction_D, scale=latent_norm),
-    }
+    } | {name: Intervention(mode="add", direction=d.float() / d.float().norm(), scale=latent_norm)
+         for name, d in dense.items()}
 
 
 def _steer_ctx(model, sae, ivs: dict[str, Intervention], rows: list[Row], cfg: SteerConfig, width: int):
     methods = np.array([r.method for r in rows])
     active = [Intervention(mode=iv.mode, feature=iv.feature, direction=iv.direction, scale=iv.scale,
                            rows=torch.from_numpy(methods == name)) for name, iv in ivs.items()]
-    coef = torch.tensor([r.coefficient if r.method in STEERED else 0.0 for r in rows])
+    coef = torch.tensor([r.coefficient if r.method in ivs else 0.0 for r in rows])
     return steer(model, sae, active, coef, positions=cfg.positions, prompt_width=width,
                  steer_special=cfg.steer_special)
 
@@ -122,39 +137,52 @@ def sample_replies(model: HookedModel, sae, ivs: dict[str, Intervention], prompt
 
 
 def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cfg: SteerConfig, seed: int,
-              feature: int, judge_cfg: JudgeConfig | None = None, ref_model: HookedModel | None = None) -> dict:
-    """Generate, score and summarise the whole sweep; returns rows for steering.csv, samples and headline."""
+              feature: int, judge_cfg: JudgeConfig | None = None, ref_model: HookedModel | None = None,
+              directions: dict[str, torch.Tensor] | None = None, judge=None,
+              ab_items: list | None = None) -> dict:
+    """Generate, score and summarise the whole sweep; returns rows for steering.csv, samples and headline.
+    `directions`: the peer vectors that were built (name -> direction at the SAE's hook); `judge`: a
+    (score, validity) pair already fitted for this persona (else `judge_for_run` fits one); `ab_items`: held-out
+    A/B items for CAA's p(matching) (psm_repro/ab_metric.py)."""
     random_feature = matched_random_latent(found, sae, feature, seed, exclude={r["feature"] for r in found.rows[:20]})
-    ivs = build_interventions(sae, found, cfg, feature, random_feature)
+    ivs = build_interventions(sae, found, cfg, feature, random_feature, directions)
+    steered = [m for m in STEERED if m in ivs]
     judge_cfg = judge_cfg or JudgeConfig()
     coefs = [c for c in cfg.coefficients if c != 0]
     prompts = persona.prompts[: cfg.n_prompts]
     rows = [Row("unsteered", 0.0, p, s) for p in range(len(prompts)) for s in range(cfg.samples_per_prompt)]
     rows += [Row("system_prompt", 0.0, p, s) for p in range(len(prompts)) for s in range(cfg.samples_per_prompt)]
-    rows += [Row(m, c, p, s) for m in STEERED for c in coefs for p in range(len(prompts))
+    rows += [Row(m, c, p, s) for m in steered for c in coefs for p in range(len(prompts))
              for s in range(cfg.samples_per_prompt)]
 
     clock = time.perf_counter()
     texts, replies = sample_replies(model, sae, ivs, prompts, rows, cfg, seed, system_prompt(persona))
     clock = _lap("generation", len(rows), clock)
 
-    score, validity = judge_for_run(persona, judge_cfg.sets_dir, seed, judge_cfg.folds, backend=cfg.judge,
-                                    llm_judge=judge_from_config(cfg) if cfg.judge == "llm" else None, ref_model=ref_model)
+    score, validity = judge or judge_for_run(persona, judge_cfg.sets_dir, seed, judge_cfg.folds, backend=cfg.judge,
+                                             llm_judge=judge_from_config(cfg) if cfg.judge == "llm" else None,
+                                             ref_model=ref_model)
     scored = score([prompts[r.prompt] for r in rows], texts)
     clock = _lap("judge", len(rows), clock)
-    ppl = perplexities(model, [prompts[r.prompt] for r in rows], texts)
+    # the judge's reference LM is the embedded model: when it is also the model under test it has already
+    # computed every reply's log-prob, and perplexity is the same number (read back from its cache)
+    reference = ReferenceLM(model) if ref_model is model else None
+    ppl = perplexities(model, [prompts[r.prompt] for r in rows], texts, reference=reference)
     distinct = np.array([distinct_n(r) for r in replies])
     clock = _lap("perplexity", len(rows), clock)
 
     # teacher-forced contrast log-prob on eval pairs, steered the same way
     pairs = persona.pairs[: cfg.n_pairs]
     lp_rows = [Row(m, c, i, k) for m in ("unsteered",) for c in (0.0,) for i in range(len(pairs)) for k in (0, 1)]
-    lp_rows += [Row(m, c, i, k) for m in STEERED for c in coefs for i in range(len(pairs)) for k in (0, 1)]
-    tf, starts = teacher_forced_rows(model, [pairs[r.prompt].prompt for r in lp_rows],
-                                     [pairs[r.prompt].trait if r.sample == 0 else pairs[r.prompt].neutral
-                                      for r in lp_rows])
-    lp = reply_logprobs(model, tf, starts, batch_size=32,
-                        steer_ctx=lambda sl, width: _steer_ctx(model, sae, ivs, lp_rows[sl], cfg, width))
+    # the latent and its two controls; the peer vectors are measured by the headline and the A/B metric
+    lp_rows += [Row(m, c, i, k) for m in steered if m in CONTRAST_METHODS for c in coefs for i in range(len(pairs)) for k in (0, 1)]
+    lp = np.full(len(lp_rows), np.nan)
+    if pairs:  # an imported trait file has no written reply pairs
+        tf, starts = teacher_forced_rows(model, [pairs[r.prompt].prompt for r in lp_rows],
+                                         [pairs[r.prompt].trait if r.sample == 0 else pairs[r.prompt].neutral
+                                          for r in lp_rows])
+        lp = reply_logprobs(model, tf, starts, batch_size=32,
+                            steer_ctx=lambda sl, width: _steer_ctx(model, sae, ivs, lp_rows[sl], cfg, width))
     clock = _lap("contrast log-prob", len(lp_rows), clock)
     lp_rows_arr = np.array([(r.method, r.coefficient, r.prompt, r.sample) for r in lp_rows], dtype=object)
 
@@ -167,7 +195,7 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
     resid = found.resid_norm
     table = []
     for split in ("dev", "test"):
-        cells = [("unsteered", 0.0), ("system_prompt", 0.0)] + [(m, c) for m in STEERED for c in coefs]
+        cells = [("unsteered", 0.0), ("system_prompt", 0.0)] + [(m, c) for m in steered for c in coefs]
         for method, c in cells:
             m = (cols["method"] == method) & (cols["coef"] == c) & (cols["split"] == split)
             if not m.any():
@@ -192,11 +220,18 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
                     "judge_valid": validity.valid, "n": int(np.isfinite(scored.score[m]).sum())}
             table.append(row)
     headline = _headline(table, measures, cols, cfg, seed, validity.valid)
+    ab = None
+    if ab_items:
+        ab = ab_table(model, sae, ab_items, ivs, steered, coefs, system_prompt(persona), cfg.n_bootstrap,
+                      seed)
+        clock = _lap("A/B metric", len(ab_items), clock)
+    methods = compare_methods(table, measures, cols, steered, cfg, seed, ab)
     samples = [{"method": r.method, "coefficient": r.coefficient, "prompt": prompts[r.prompt], "sample": r.sample,
                 "split": split_of[r.prompt], "reply": t, "trait_score": float(a), "coherence_score": float(b),
                 "score": float(a * b), "perplexity": float(p)}
                for r, t, a, b, p in zip(rows, texts, scored.trait, scored.coherence, ppl)]
-    return {"table": table, "samples": samples, "headline": headline, "feature": feature,
+    return {"table": table, "samples": samples, "headline": headline, "methods": methods, "ab": ab or [],
+            "feature": feature,
             "random_feature": random_feature, "judge": cfg.judge, "judge_validity": validity.as_row(),
             "judge_auroc": validity.auroc_headline, "judge_reliable": validity.valid,
             "n_prompts_per_half": {"dev": len(prompts[0::2]), "test": len(prompts[1::2])},
@@ -216,7 +251,7 @@ def _per_prompt_diff(values: np.ndarray, cols: dict, a: tuple[str, float], b: tu
 
 
 def _contrast(lp, lp_rows, method, c, cfg, seed, split):
-    if method is None:
+    if method is None or lp_rows.ndim < 2:  # no pairs (an imported trait file)
         return float("nan"), float("nan"), float("nan")
     m = (lp_rows[:, 0] == method) & (lp_rows[:, 1] == c)
     idx = np.where(m)[0]

@@ -101,10 +101,52 @@ def render(results_dir: Path) -> str:
                          f"{_cell(h, 'vs_unsteered')} | {_cell(h, 'vs_random_latent')} | "
                          f"{_cell(h, 'vs_dense_direction')} | {_cell(h, 'vs_system_prompt')} | "
                          f"{_f(st['judge_auroc'], 2)}{flag} |")
+        lines += methods_sections(steered)
     lines += _meaning_sections(runs)
     lines += _em_section(em_runs)
     lines += _bench_sections(results_dir)
     return "\n".join(lines) + "\n"
+
+
+METHODS = ("sae_latent", "persona_vector", "caa_vector", "dense_direction", "random_latent", "system_prompt",
+           "unsteered")
+
+
+def methods_sections(steered: list[tuple[str, dict]]) -> list[str]:
+    """Every steering method per card (test-half headline at its own dev-chosen coefficient, rank in brackets) and
+    the aggregate across cards in the style of AxBench: mean rank, win rate against the SAE latent, and the A/B
+    metric."""
+    from psm_repro.report_peers import METHOD_WORDS
+
+    cards = [(n, s, {r["method"]: r for r in s["steering"]["methods"]}) for n, s in steered if s["steering"].get("methods")]
+    if not cards:
+        return []
+    present = [m for m in METHODS if any(m in by for _, _, by in cards)]
+    lines = ["", "## Methods side by side", "",
+             "Headline score on the test half, each method at its own coefficient chosen on the dev half (rank among "
+             "the methods in brackets); vectors are added at the SAE latent's vector norm. Persona vector: the "
+             "persona_vectors recipe; CAA vector: the A/B difference at the answer letter (docs/peers.md).", "",
+             "| run | " + " | ".join(METHOD_WORDS[m] for m in present) + " |", "|---|" + "---|" * len(present)]
+    for name, _, by in cards:
+        lines.append(f"| [{name}]({name}/summary.md) | " + " | ".join(
+            f"{_f(by[m]['score'], 3)} ({by[m]['rank']})" if m in by else "not built" for m in present) + " |")
+    lines += ["", "Across cards: mean rank (1 = best), wins against the SAE latent (cards where the method's test "
+              "headline is higher; in brackets, where the per-prompt difference's 95% interval is above 0), and the "
+              "A/B metric p(matching) at the chosen coefficient, mean over cards (unsteered in the last row).", "",
+              "| method | cards | mean rank | wins vs SAE latent | A/B p(matching) |", "|---|---|---|---|---|"]
+    for m in present:
+        rows = [by[m] for _, _, by in cards if m in by]
+        ranks = [r["rank"] for r in rows]
+        if m == "sae_latent":
+            wins = "-"
+        else:
+            beat = sum(r["diff_vs_sae_latent"] > 0 for r in rows)
+            sure = sum(r["diff_ci_low"] > 0 for r in rows)
+            wins = f"{beat}/{len(rows)} ({sure})"
+        ab = [r["ab_p_matching"] for r in rows if r["ab_p_matching"] == r["ab_p_matching"]]
+        lines.append(f"| {METHOD_WORDS[m]} | {len(rows)} | {sum(ranks) / len(ranks):.2f} | {wins} | "
+                     f"{_f(sum(ab) / len(ab), 3) if ab else 'n/a'} |")
+    return lines
 
 
 def _meaning_sections(runs: list[tuple[str, dict]]) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from psm_repro import situations
+from psm_repro import sampling, situations
 from psm_repro.config import FinderConfig, SAEConfig
 from psm_repro.finder import encode_persona, find_features
 from psm_repro.loading import load_sae
@@ -119,7 +119,7 @@ def test_each_pair_is_read_on_the_reply_to_its_own_prompt(tiny_model, planted, t
         return [[t for t in p if t not in special][-6:-2] for p in prompts], 0
 
     calls: list[int] = []
-    monkeypatch.setattr(situations, "generate", echo)
+    monkeypatch.setattr(sampling, "generate", echo)
     cfg = dataclasses.replace(CFG, situation_samples=3)
     read = situations.read_situations(tiny_model, sae, persona, cfg, 0, 0, tmp_path)
     assert sum(calls) == 2 * 16 * 3

@@ -146,3 +146,26 @@ def test_add_and_clamp_agree_on_a_latent_that_was_off(tiny_model, tmp_path, name
         with steer(tiny_model, sae, [Intervention(mode=mode, feature=f, scale=2.0)], torch.tensor([1.5])):
             out[mode] = tiny_model.activations(ids, torch.ones_like(ids), HOOK)
     torch.testing.assert_close(out["add"], out["clamp"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("temperature, top_p, scale", [(0.2, 0.9, 1.0), (0.7, 0.95, 3.0), (1.3, 0.5, 1.0),
+                                                        (1.0, 0.99, 0.5)])
+def test_nucleus_warper_keeps_the_tokens_hf_warpers_keep(temperature, top_p, scale):
+    """Against HF's TemperatureLogitsWarper + TopPLogitsWarper: the same scores, and the same kept set except for
+    tokens whose mass above them is within float32 rounding of top_p (HF sums the ascending tail of the whole
+    vocabulary, NucleusWarper the descending head)."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from psm_repro.steering import NucleusWarper
+
+    scores = torch.randn(16, 5000, generator=torch.Generator().manual_seed(7)) * scale
+    ref = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, scores.clone()))
+    got = NucleusWarper(temperature, top_p, k=8)(None, scores.clone())
+    probs = (scores / temperature).softmax(-1)
+    for r in range(16):
+        kept_ref, kept_got = torch.isfinite(ref[r]), torch.isfinite(got[r])
+        assert torch.equal(ref[r][kept_ref & kept_got], got[r][kept_ref & kept_got])
+        differ = (kept_ref ^ kept_got).nonzero()[:, 0]
+        above = torch.tensor([float(probs[r][probs[r] > probs[r, t]].sum()) for t in differ])
+        assert len(differ) <= 2 and torch.all((above - top_p).abs() < 1e-4), (r, differ, above)
+        assert kept_got.sum() >= 1
