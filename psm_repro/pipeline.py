@@ -80,11 +80,10 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
     cache = Path(cfg.finder.cache_dir).expanduser() if cfg.finder.cache_dir else cache_root()
     read, stages = None, {}
     extraction = None
-    if persona.peers and (steer_too or persona.source == "persona_vectors"):  # persona-vector replies; an imported trait file's assistant contrast comes from them
-        from psm_repro.peer_stage import extract
-
+    # persona-vector extraction replies; an imported trait file's assistant contrast is made of them
+    if persona.peers and (steer_too or persona.source == "persona_vectors"):
         lap = time.time()
-        extraction = extract(model, persona, cfg, cache)
+        extraction = peer_stage.extract(model, persona, cfg, cache)
         stages["peer_extraction"] = time.time() - lap
     if persona.situation:  # the assistant in the situation, read on the model's own processing
         from psm_repro.situations import read_situations

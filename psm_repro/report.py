@@ -279,7 +279,8 @@ def plot_dose_response(table: list[dict], path: Path, title: str) -> None:
 
     rows = [r for r in table if r["split"] == "test"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    colours = {"sae_latent": "C0", "random_latent": "C1", "dense_direction": "C2"}
+    colours = {"sae_latent": "C0", "random_latent": "C1", "dense_direction": "C2", "persona_vector": "C3",
+               "caa_vector": "C4"}
     for method in sorted({r["method"] for r in rows}):
         pts = sorted([r for r in rows if r["method"] == method], key=lambda r: r["coefficient"])
         if method in ("unsteered", "system_prompt"):

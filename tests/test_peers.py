@@ -397,3 +397,25 @@ def test_a_broken_trait_file_fails_in_one_line_before_the_model_loads(tiny_run, 
     assert main(["run", *args, f"persona_file={bad}", f"hydra.run.dir={tmp_path / 'r'}"]) == 1
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert len(err) == 1 and "evil.json: instruction[0]: missing field 'neg'" in err[0]
+
+
+def test_tables_aggregate_mean_rank_and_wins_against_the_latent():
+    from psm_repro.tables import methods_sections
+
+    def card(latent, vector, vector_low, ab):
+        rows = [{"method": "sae_latent", "score": latent, "diff_vs_sae_latent": 0.0, "diff_ci_low": 0.0,
+                 "ab_p_matching": 0.5},
+                {"method": "persona_vector", "score": vector, "diff_vs_sae_latent": vector - latent,
+                 "diff_ci_low": vector_low, "ab_p_matching": ab}]
+        rows.sort(key=lambda r: -r["score"])
+        for rank, r in enumerate(rows, start=1):
+            r["rank"] = rank
+        return {"steering": {"methods": rows}}
+
+    lines = methods_sections([("a", card(0.3, 0.5, 0.1, 0.6)), ("b", card(0.4, 0.45, -0.1, 0.7)),
+                              ("c", card(0.4, 0.2, -0.3, float("nan")))])
+    text = "\n".join(lines)
+    # persona vector: ranks 1, 1, 2 -> 1.33; higher than the latent on 2 of 3 cards, interval above 0 on 1
+    assert "| persona vector | 3 | 1.33 | 2/3 (1) | 0.650 |" in text
+    assert "| SAE latent | 3 | 1.67 | - | 0.500 |" in text
+    assert "| [a](a/summary.md) | 0.300 (2) | 0.500 (1) |" in text
