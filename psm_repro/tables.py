@@ -82,11 +82,13 @@ def render(results_dir: Path) -> str:
     for name, s in runs:
         f = s["finder"]
         d = f["dense_baseline"]
-        lines.append(f"| [{name}]({name}/summary.md) | {s['persona']} | {s['model']} / {s['sae']} | {f['top_feature']} | "
+        alone = f.get("assistant_only")  # an imported file without narratives: its score is the assistant d
+        persona = f"{s['persona']} (imported, no narratives)" if alone else s["persona"]
+        lines.append(f"| [{name}]({name}/summary.md) | {persona} | {s['model']} / {s['sae']} | {f['top_feature']} | "
                      f"{_f(f['top_score'], 2)} | {_f(f['shuffled_max_score_p95'], 2)} | {_headline(s)} | "
-                     f"{_situation(s)} | {_f(d['narrative_heldout_effect'], 2)} / "
+                     f"{_situation(s)} | {'-' if alone else _f(d['narrative_heldout_effect'], 2)} / "
                      f"{_f(d['assistant_heldout_effect'], 2)} | {f['stability_top10_overlap']}/10 | "
-                     f"{_f(f['reuse_rate'], 2)} ({_f(f['reuse_rate_shuffled'], 2)}) |")
+                     f"{'-' if alone else _f(f['reuse_rate'], 2)} ({'-' if alone else _f(f['reuse_rate_shuffled'], 2)}) |")
     steered = [(n, s) for n, s in runs if s.get("steering")]
     if steered:
         lines += ["", "## Steering", "",

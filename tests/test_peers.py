@@ -413,9 +413,10 @@ def test_tables_aggregate_mean_rank_and_wins_against_the_latent():
         return {"steering": {"methods": rows}}
 
     lines = methods_sections([("a", card(0.3, 0.5, 0.1, 0.6)), ("b", card(0.4, 0.45, -0.1, 0.7)),
-                              ("c", card(0.4, 0.2, -0.3, float("nan")))])
+                              ("c", card(0.4, 0.2, -0.3, float("nan"))), ("d", card(0.4, 0.4, -0.2, 0.5))])
     text = "\n".join(lines)
-    # persona vector: ranks 1, 1, 2 -> 1.33; higher than the latent on 2 of 3 cards, interval above 0 on 1
-    assert "| persona vector | 3 | 1.33 | 2/3 (1) | 0.650 |" in text
-    assert "| SAE latent | 3 | 1.67 | - | 0.500 |" in text
+    # persona vector: ranks 1, 1, 2, 2 -> 1.50; higher than the latent on 2 of 4 cards (a tie is no win),
+    # interval above 0 on 1; A/B over the cards that have it: (0.6 + 0.7 + 0.5) / 3
+    assert "| persona vector | 4 | 1.50 | 2/4 (1) | 0.600 |" in text
+    assert "| SAE latent | 4 | 1.50 | - | 0.500 |" in text
     assert "| [a](a/summary.md) | 0.300 (2) | 0.500 (1) |" in text
