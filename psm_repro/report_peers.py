@@ -94,9 +94,12 @@ def render_assistant_only(summary: dict, rows: list[dict]) -> str:
         v = s.get("judge_validity") or {}
         lines += ["## Steering", "",
                   f"Latent {s['feature']} injected with `{s['mode']}`; random control latent {s['random_feature']}. "
-                  f"Judge: fitted on this file's extraction replies (pos = trait, neg = neutral); no blind-labelled "
-                  f"replies of this persona ({v.get('n', 0)}), so **the judge is not validated and no comparison says "
-                  "\"beats\"**. Coefficient " f"{h['coefficient']} chosen on the dev half.", "",
+                  "Judge: fitted on this file's extraction replies (pos = trait, neg = neutral)"
+                  + (f" and validated on {v.get('n')} blind-labelled replies of a persona of the same name: headline "
+                     f"AUROC {_f(v.get('auroc_headline'))}" if v.get("n") else "; no blind-labelled replies of this "
+                     "persona")
+                  + ("." if s["judge_reliable"] else ", so **the judge is not valid and no comparison says \"beats\"**.")
+                  + f" Coefficient {h['coefficient']} chosen on the dev half.", "",
                   "| comparison | headline diff [95% CI] | p (Holm) | verdict |", "|---|---|---|---|"]
         for c in ("unsteered", "random_latent", "dense_direction", "system_prompt"):
             x = h["vs_" + c]
