@@ -14,6 +14,8 @@ The system-prompt baseline runs the question with the trait's system turn instea
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -66,20 +68,15 @@ def answer_logprobs(model: HookedModel, prompts: list[list[int]], answer_sets: l
                     cache.crop(-extra)
                 pos = attn.sum(1, keepdim=True) + torch.arange(feed.shape[1])[None]  # positions go on after it
                 ctx = (steer(model, sae, [iv], torch.full((len(prompts),), float(coef)), positions="generated",
-                             prompt_width=width) if iv is not None and coef != 0 else _null())
+                             prompt_width=width) if iv is not None and coef != 0 else contextlib.nullcontext())
+                seen = torch.cat([attn, mask[:, :-1]], 1)  # the question, then the fed answer tokens
                 with ctx:
-                    logits = model.model(input_ids=feed.to(dev), attention_mask=torch.cat([attn, mask[:, :-1]], 1).to(dev),
-                                         position_ids=pos.to(dev), past_key_values=cache, use_cache=True).logits
+                    logits = model.model(input_ids=feed.to(dev), attention_mask=seen.to(dev), position_ids=pos.to(dev),
+                                         past_key_values=cache, use_cache=True).logits
                 lp = torch.log_softmax(logits.float().cpu(), -1)
                 done.append((feed, mask, lp))
             result[a, c] += (lp.gather(-1, target[..., None])[..., 0] * mask[:, 1:]).sum(1).numpy()
     return result
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def p_matching(model: HookedModel, sae, items: list[ABItem], conditions: list[tuple[str, Intervention | None, float]],

@@ -127,8 +127,9 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
         ids, attn = model.pad_batch(prompts, side="left")
         torch.manual_seed(cfg.seed)
         with torch.inference_mode():
-            out = model.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=b.gen_tokens, do_sample=True,
-                                       temperature=0.2, top_p=0.9, top_k=None, pad_token_id=model.tokenizer.pad_token_id)
+            out = model.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=b.gen_tokens,
+                                       do_sample=True, temperature=0.2, top_p=0.9, top_k=None,
+                                       pad_token_id=model.tokenizer.pad_token_id)
         return int((out[:, ids.shape[1]:] != model.tokenizer.pad_token_id).sum()) or 1
 
     def sampled():  # the same through psm_repro's generate (NucleusWarper)

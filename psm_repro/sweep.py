@@ -175,7 +175,8 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
     pairs = persona.pairs[: cfg.n_pairs]
     lp_rows = [Row(m, c, i, k) for m in ("unsteered",) for c in (0.0,) for i in range(len(pairs)) for k in (0, 1)]
     # the latent and its two controls; the peer vectors are measured by the headline and the A/B metric
-    lp_rows += [Row(m, c, i, k) for m in steered if m in CONTRAST_METHODS for c in coefs for i in range(len(pairs)) for k in (0, 1)]
+    lp_rows += [Row(m, c, i, k) for m in steered if m in CONTRAST_METHODS for c in coefs for i in range(len(pairs))
+                for k in (0, 1)]
     lp = np.full(len(lp_rows), np.nan)
     if pairs:  # an imported trait file has no written reply pairs
         tf, starts = teacher_forced_rows(model, [pairs[r.prompt].prompt for r in lp_rows],
