@@ -101,13 +101,15 @@ def p_matching(model: HookedModel, sae, items: list[ABItem], conditions: list[tu
     return out
 
 
-AB_COLUMNS = ["method", "coefficient", "p_matching", "ci_low", "ci_high", "n"]
+AB_COLUMNS = ["method", "coefficient", "p_matching", "ci_low", "ci_high", "diff_vs_unsteered", "diff_ci_low",
+              "diff_ci_high", "n"]
 
 
 def ab_table(model: HookedModel, sae, items: list[ABItem], ivs: dict[str, Intervention], steered: list[str],
              coefs: list[float], system: str, n_bootstrap: int, seed: int) -> list[dict]:
     """p(matching) for the unsteered model, the system prompt and every steered method x coefficient: mean over
-    the held-out items with a BCa interval over items."""
+    the held-out items with a BCa interval over items, and the paired difference from the unsteered model (per
+    item, BCa interval)."""
     from psm_repro import stats
 
     conditions = [("unsteered", None, 0.0), ("system_prompt", None, 0.0)]
@@ -116,6 +118,7 @@ def ab_table(model: HookedModel, sae, items: list[ABItem], ivs: dict[str, Interv
     rows = []
     for (method, _, c), values in zip(conditions, p):
         mean, lo, hi = stats.bca_interval(values, n_bootstrap, seed)
+        d, dlo, dhi = stats.bca_interval(values - p[0], n_bootstrap, seed)
         rows.append({"method": method, "coefficient": c, "p_matching": mean, "ci_low": lo, "ci_high": hi,
-                     "n": len(values)})
+                     "diff_vs_unsteered": d, "diff_ci_low": dlo, "diff_ci_high": dhi, "n": len(values)})
     return rows

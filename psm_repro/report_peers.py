@@ -53,15 +53,24 @@ def methods_section(s: dict, peers: dict) -> list[str]:
                   "P(matching letter) / (P(A) + P(B)) after \"(\", vectors added at the answer positions only, as CAA "
                   "does. Mean over items, 95% BCa interval. Unsteered "
                   f"{_f(base['p_matching'])} [{_f(base['ci_low'])}, {_f(base['ci_high'])}]; system prompt "
-                  f"{_f(sysp['p_matching'])} [{_f(sysp['ci_low'])}, {_f(sysp['ci_high'])}].", "",
+                  f"{_ab(sysp)}. Cells: p(matching), then in brackets its paired difference from unsteered over "
+                  "items with a 95% BCa interval (\\* where the interval excludes 0).", "",
                   "| method | " + " | ".join(f"coefficient {c:g}" for c in coefs) + " |",
                   "|---|" + "---|" * len(coefs)]
         for m in methods:
-            cells = [f"{_f(at[(m, c)]['p_matching'])} [{_f(at[(m, c)]['ci_low'])}, {_f(at[(m, c)]['ci_high'])}]"
-                     for c in coefs]
+            cells = [_ab(at[(m, c)]) for c in coefs]
             lines.append(f"| {METHOD_WORDS.get(m, m)} | " + " | ".join(cells) + " |")
         lines += ["", "Full table: `ab.csv`; method table: `methods.csv`."]
     return lines + [""]
+
+
+def _ab(r: dict) -> str:
+    """p(matching) and its paired difference from unsteered, starred when the interval excludes 0."""
+    if "diff_vs_unsteered" not in r:
+        return f"{_f(r['p_matching'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]"
+    star = "\\*" if r["diff_ci_low"] > 0 or r["diff_ci_high"] < 0 else ""
+    return (f"{_f(r['p_matching'])} ({r['diff_vs_unsteered']:+.3f} [{r['diff_ci_low']:+.3f}, "
+            f"{r['diff_ci_high']:+.3f}]{star})")
 
 
 def render_assistant_only(summary: dict, rows: list[dict]) -> str:
