@@ -3,12 +3,18 @@
     .venv/bin/python scripts/blind_card_sample.py write <blind_dir> <key_dir> [persona ...]
     .venv/bin/python scripts/blind_card_sample.py score <blind_dir> <key_dir> [persona ...]
     .venv/bin/python scripts/blind_card_sample.py save <blind_dir> <key_dir> <out_dir> <labeller> [persona ...]
+    .venv/bin/python scripts/blind_card_sample.py write-methods <blind_dir> <key_dir> [persona ...]
+    .venv/bin/python scripts/blind_card_sample.py score-methods <blind_dir> <key_dir> [persona ...]
 
 `write` takes, from results/steer_<persona>/samples.jsonl (test half), 12 replies each of the latent at the
 card's chosen coefficient, the random latent at the same coefficient and the unsteered model, shuffles them
 and writes <blind_dir>/<persona>.jsonl (id, prompt, reply only) and the persona's rubric. Method, coefficient
 and judge scores go to <key_dir>, which the reader never opens. The reader adds `trait` and `coherent` (0/1)
 per line by the rule in docs/judge_validation.md, into <blind_dir>/<persona>.labels.jsonl.
+
+`write-methods` / `score-methods` do the same for the method comparison (docs/peers.md): 8 test-half replies of
+each of the SAE latent, persona vector, CAA vector, dense direction, system prompt and unsteered model, each
+method at its own chosen coefficient (the card's methods table).
 
 `score` joins labels and key and prints, per persona and method, the share of replies read as trait and
 coherent next to the judge's mean headline score, and the card's verdict for the latent. `save` writes the
@@ -44,6 +50,46 @@ def write(persona: str, blind_dir: Path, key_dir: Path) -> None:
                                                 for i, r in zip(ids, picked)])
     (blind_dir / f"{persona}.rubric.txt").write_text(resolve_persona(persona, None).judge.rubric + "\n")
     write_jsonl(key_dir / f"{persona}.jsonl", [{"id": i, **r} for i, r in zip(ids, picked)])
+
+
+METHODS = ("sae_latent", "persona_vector", "caa_vector", "dense_direction", "system_prompt", "unsteered")
+PER_METHOD_COMPARED = 8
+
+
+def write_methods(persona: str, blind_dir: Path, key_dir: Path) -> None:
+    card = PROJECT_ROOT / "results" / f"steer_{persona}"
+    chosen = {r["method"]: r["coefficient"]
+              for r in json.loads((card / "summary.json").read_text())["steering"]["methods"]}
+    rows = [r for _, r in read_jsonl(card / "samples.jsonl") if r["split"] == "test"]
+    rng = random.Random(f"blind-methods-{persona}")
+    picked = []
+    for method in METHODS:
+        if method in chosen:
+            pool = [r for r in rows if r["method"] == method and r["coefficient"] == chosen[method]]
+            picked += rng.sample(pool, min(PER_METHOD_COMPARED, len(pool)))
+    rng.shuffle(picked)
+    ids = rng.sample(range(10_000, 99_999), len(picked))
+    write_jsonl(blind_dir / f"{persona}.jsonl", [{"id": i, "prompt": r["prompt"], "reply": r["reply"]}
+                                                for i, r in zip(ids, picked)])
+    (blind_dir / f"{persona}.rubric.txt").write_text(resolve_persona(persona, None).judge.rubric + "\n")
+    write_jsonl(key_dir / f"{persona}.jsonl", [{"id": i, **r} for i, r in zip(ids, picked)])
+
+
+def score_methods(persona: str, blind_dir: Path, key_dir: Path) -> None:
+    key = {r["id"]: r for _, r in read_jsonl(key_dir / f"{persona}.jsonl")}
+    labels = {r["id"]: r for _, r in read_jsonl(blind_dir / f"{persona}.labels.jsonl")}
+    card = json.loads((PROJECT_ROOT / "results" / f"steer_{persona}" / "summary.json").read_text())["steering"]
+    ranks = {r["method"]: r["rank"] for r in card["methods"]}
+    print(f"{persona}:")
+    for method in METHODS:
+        rows = [(key[i], labels[i]) for i in key if key[i]["method"] == method and i in labels]
+        if not rows:
+            continue
+        both = sum(lab["trait"] and lab["coherent"] for _, lab in rows)
+        judge = sum(k["score"] for k, _ in rows) / len(rows)
+        print(f"  {method:16s} read trait+coherent {both}/{len(rows)}, trait {sum(l['trait'] for _, l in rows)}, "
+              f"coherent {sum(l['coherent'] for _, l in rows)}; judge mean headline {judge:.2f}; card rank "
+              f"{ranks.get(method)}")
 
 
 def score(persona: str, blind_dir: Path, key_dir: Path) -> None:
@@ -82,4 +128,5 @@ if __name__ == "__main__":
         if cmd == "save":
             save(p, blind_dir, key_dir, out_dir, labeller)
         else:
-            (write if cmd == "write" else score)(p, blind_dir, key_dir)
+            {"write": write, "score": score, "write-methods": write_methods,
+             "score-methods": score_methods}[cmd](p, blind_dir, key_dir)
