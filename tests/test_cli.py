@@ -215,3 +215,5 @@ def test_plan_prints_what_would_run_without_loading_anything(capsys):
     out = capsys.readouterr().out
     assert "google/gemma-2-2b-it" in out and "blocks.12.hook_resid_post" in out and "generated tokens" in out
     assert "not on this machine yet" in out  # a hub model that is not cached: nothing fetched
+    # panic has peer data: 2 + 5 methods x 3 coefficients, 32 prompts
+    assert "persona vector, CAA vector" in out and "544 generated replies" in out and "52 held-out items" in out
