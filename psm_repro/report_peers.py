@@ -18,7 +18,8 @@ def methods_section(s: dict, peers: dict) -> list[str]:
              "Each method at its own coefficient (chosen on the dev half by the headline score), on the test half: "
              "headline score with a 95% BCa interval over prompts, its difference from the SAE latent (per-prompt, "
              "BCa interval, two-sided sign-flip p), and the A/B metric at the same coefficient. Vectors are added at "
-             "the latent's vector norm. Ranked by headline score.", ""]
+             "the latent's vector norm. Ranked by headline score."
+             + ("" if s.get("ab") else " No A/B items in this persona, so no A/B metric."), ""]
     for name in ("persona_vector", "caa_vector"):
         i = peers.get(name) or {}
         if not i:
@@ -32,16 +33,18 @@ def methods_section(s: dict, peers: dict) -> list[str]:
                          f"{_f(i['neg_trait_mean'], 2)}); mean difference over reply tokens.")
         else:
             lines.append(f"- CAA vector: {i['items']} A/B items, mean difference at the answer letter.")
+    has_ab = bool(s.get("ab"))
     lines += ["", "| rank | method | coefficient | headline [95% CI] | trait | coherence | minus SAE latent [95% CI] "
-              "| p | A/B p(matching) [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+              "| p |" + (" A/B p(matching) [95% CI] |" if has_ab else ""), "|---|---|---|---|---|---|---|---|"
+              + ("---|" if has_ab else "")]
     for r in s["methods"]:
         diff = ("" if r["method"] == "sae_latent" else
                 f"{_f(r['diff_vs_sae_latent'])} [{_f(r['diff_ci_low'])}, {_f(r['diff_ci_high'])}]")
         p = "" if r["method"] == "sae_latent" else _f(r["p_vs_sae_latent"])
         lines.append(f"| {r['rank']} | {METHOD_WORDS.get(r['method'], r['method'])} | {r['coefficient']:g} | "
                      f"{_f(r['score'])} [{_f(r['score_ci_low'])}, {_f(r['score_ci_high'])}] | "
-                     f"{_f(r['trait_score'])} | {_f(r['coherence_score'])} | {diff} | {p} | "
-                     f"{_f(r['ab_p_matching'])} [{_f(r['ab_ci_low'])}, {_f(r['ab_ci_high'])}] |")
+                     f"{_f(r['trait_score'])} | {_f(r['coherence_score'])} | {diff} | {p} |"
+                     + (f" {_f(r['ab_p_matching'])} [{_f(r['ab_ci_low'])}, {_f(r['ab_ci_high'])}] |" if has_ab else ""))
     ab = s.get("ab") or []
     if ab:
         coefs = sorted({r["coefficient"] for r in ab if r["coefficient"] != 0})
