@@ -50,8 +50,9 @@ def compare_methods(table: list[dict], measures: dict, cols: dict, steered: list
             p = stats.sign_flip_p(d, alternative="two-sided", n_resamples=2 ** min(len(d), 20), seed=seed)
             row |= {"diff_vs_sae_latent": dm, "diff_ci_low": dlo, "diff_ci_high": dhi, "p_vs_sae_latent": p}
         a = ab_at.get((m, c))
-        row |= {"ab_p_matching": a["p_matching"] if a else float("nan"), "ab_ci_low": a["ci_low"] if a else float("nan"),
-                "ab_ci_high": a["ci_high"] if a else float("nan")}
+        nan = float("nan")
+        row |= {"ab_p_matching": a["p_matching"] if a else nan, "ab_ci_low": a["ci_low"] if a else nan,
+                "ab_ci_high": a["ci_high"] if a else nan}
         rows.append(row)
     rows.sort(key=lambda r: -r["score"])
     for rank, r in enumerate(rows, start=1):

@@ -94,7 +94,8 @@ def persona_vector(model, sae, ex: Extraction, peers: Peers, scores: dict, cfg: 
     keep &= np.array([bool(a.strip()) and bool(b.strip()) for a, b in zip(ex.pos, ex.neg)])
     info = {"pairs": len(ex.pos), "kept": int(keep.sum()), "trait_threshold": cfg.trait_threshold,
             "coherence_threshold": cfg.coherence_threshold,
-            "pos_trait_mean": float(np.mean(scores["pos_trait"])), "neg_trait_mean": float(np.mean(scores["neg_trait"]))}
+            "pos_trait_mean": float(np.mean(scores["pos_trait"])),
+            "neg_trait_mean": float(np.mean(scores["neg_trait"]))}
     if keep.sum() < cfg.min_pairs:
         info["why_not"] = (f"{int(keep.sum())} of {len(ex.pos)} pairs passed the judge filter "
                            f"(peers.min_pairs={cfg.min_pairs})")

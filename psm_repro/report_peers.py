@@ -79,7 +79,8 @@ def _ab(r: dict) -> str:
 def render_assistant_only(summary: dict, rows: list[dict]) -> str:
     """The card of an imported file without narratives: the assistant contrast alone."""
     f = summary["finder"]
-    lines = [f"# {summary['experiment']}: persona `{summary['persona']}` (imported {summary.get('persona_format')} file)",
+    lines = [f"# {summary['experiment']}: persona `{summary['persona']}` "
+             f"(imported {summary.get('persona_format')} file)",
              "", f"Model `{summary['model']}`, SAE `{summary['sae']}` at `{summary['hook']}`, seed {summary['seed']}.",
              "", "## Finder", "",
              "**No narrative sets in this file: latents are ranked on the assistant contrast alone**, so nothing here "
@@ -88,7 +89,8 @@ def render_assistant_only(summary: dict, rows: list[dict]) -> str:
                 "the pos vs the neg instruction (same question)." if summary.get("persona_format") == "persona_vectors"
                 else "The assistant contrast is each A/B question answered with the matching vs the non-matching "
                      "answer."), "",
-             f"{f['latents_tested']} of {f['latents']} latents active on >= 3 items tested ({f['n_pairs']['assistant']} "
+             f"{f['latents_tested']} of {f['latents']} latents active on >= 3 items tested "
+             f"({f['n_pairs']['assistant']} "
              f"assistant pairs, `{f['aggregation']}` over tokens); {f['significant_shared']} in the table pass BH-FDR.",
              "", "| rank | latent | assistant d | q | replicates | top tokens |", "|---|---|---|---|---|---|"]
     for r in rows[:10]:
@@ -110,7 +112,8 @@ def render_assistant_only(summary: dict, rows: list[dict]) -> str:
                   + (f" and validated on {v.get('n')} blind-labelled replies of a persona of the same name: headline "
                      f"AUROC {_f(v.get('auroc_headline'))}" if v.get("n") else "; no blind-labelled replies of this "
                      "persona")
-                  + ("." if s["judge_reliable"] else ", so **the judge is not valid and no comparison says \"beats\"**.")
+                  + ("." if s["judge_reliable"]
+                     else ", so **the judge is not valid and no comparison says \"beats\"**.")
                   + f" Coefficient {h['coefficient']} chosen on the dev half.", "",
                   "| comparison | headline diff [95% CI] | p (Holm) | verdict |", "|---|---|---|---|"]
         for c in ("unsteered", "random_latent", "dense_direction", "system_prompt"):

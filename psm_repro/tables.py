@@ -88,7 +88,8 @@ def render(results_dir: Path) -> str:
                      f"{_f(f['top_score'], 2)} | {_f(f['shuffled_max_score_p95'], 2)} | {_headline(s)} | "
                      f"{_situation(s)} | {'-' if alone else _f(d['narrative_heldout_effect'], 2)} / "
                      f"{_f(d['assistant_heldout_effect'], 2)} | {f['stability_top10_overlap']}/10 | "
-                     f"{'-' if alone else _f(f['reuse_rate'], 2)} ({'-' if alone else _f(f['reuse_rate_shuffled'], 2)}) |")
+                     f"{'-' if alone else _f(f['reuse_rate'], 2)} "
+                     f"({'-' if alone else _f(f['reuse_rate_shuffled'], 2)}) |")
     steered = [(n, s) for n, s in runs if s.get("steering")]
     if steered:
         lines += ["", "## Steering", "",
@@ -120,7 +121,8 @@ def methods_sections(steered: list[tuple[str, dict]]) -> list[str]:
     metric."""
     from psm_repro.report_peers import METHOD_WORDS
 
-    cards = [(n, s, {r["method"]: r for r in s["steering"]["methods"]}) for n, s in steered if s["steering"].get("methods")]
+    cards = [(n, s, {r["method"]: r for r in s["steering"]["methods"]})
+             for n, s in steered if s["steering"].get("methods")]
     if not cards:
         return []
     present = [m for m in METHODS if any(m in by for _, _, by in cards)]
@@ -132,12 +134,16 @@ def methods_sections(steered: list[tuple[str, dict]]) -> list[str]:
     for name, _, by in cards:
         lines.append(f"| [{name}]({name}/summary.md) | " + " | ".join(
             f"{_f(by[m]['score'], 3)} ({by[m]['rank']})" if m in by else "not built" for m in present) + " |")
-    lines += ["", "Across cards: mean rank (1 = best), wins against the SAE latent (cards where the method's test "
-              "headline is higher; in brackets, where the per-prompt difference's 95% interval is above 0), and the "
-              "A/B metric p(matching) at the chosen coefficient, mean over cards (unsteered in the last row).", "",
+    lines += ["", "Across the shipped personas' cards (imported files left out): mean rank (1 = best), wins against the "
+              "SAE latent (cards where the method's test headline is higher; in brackets, where the per-prompt "
+              "difference's 95% interval is above 0), and the A/B metric p(matching) at the chosen coefficient, mean "
+              "over cards (unsteered in the last row).", "",
               "| method | cards | mean rank | wins vs SAE latent | A/B p(matching) |", "|---|---|---|---|---|"]
+    native = [(n, s, by) for n, s, by in cards if not s.get("finder", {}).get("assistant_only")]
     for m in present:
-        rows = [by[m] for _, _, by in cards if m in by]
+        rows = [by[m] for _, _, by in native if m in by]
+        if not rows:
+            continue
         ranks = [r["rank"] for r in rows]
         if m == "sae_latent":
             wins = "-"
@@ -153,7 +159,8 @@ def methods_sections(steered: list[tuple[str, dict]]) -> list[str]:
 
 def _meaning_sections(runs: list[tuple[str, dict]]) -> list[str]:
     """Lexicality of each card's top latent, the streetlight test per persona, and the ordinary-chat check."""
-    lit = [(n, s) for n, s in runs if s.get("streetlight")]
+    # an imported card without narratives has no reused / assistant-only split
+    lit = [(n, s) for n, s in runs if s.get("streetlight") and not s["finder"].get("assistant_only")]
     if not lit:
         return []
     lines = ["", "## What the latents are: the streetlight test", "",

@@ -77,7 +77,8 @@ def test_a_broken_trait_file_names_the_item_and_field(tmp_path, edit, needle):
 
 @pytest.mark.parametrize("edit, needle", [
     (lambda d: d[3].pop("answer_not_matching_behavior"), r"item 3: missing field 'answer_not_matching_behavior'"),
-    (lambda d: d[1].__setitem__("answer_matching_behavior", 2), r"item 1: answer_matching_behavior: must be a non-empty"),
+    (lambda d: d[1].__setitem__("answer_matching_behavior", 2),
+     r"item 1: answer_matching_behavior: must be a non-empty"),
     (lambda d: d[0].__setitem__("answer_matching_behavior", "  "), r"item 0: answer_matching_behavior"),
     (lambda d: d[2].__setitem__("answer_not_matching_behavior", "(A)"), r"item 2: .* are the same answer"),
     (lambda d: d.__setitem__(4, "just a question"), r"item 4: must be a mapping"),
@@ -417,10 +418,12 @@ def test_tables_aggregate_mean_rank_and_wins_against_the_latent():
         return {"steering": {"methods": rows}}
 
     lines = methods_sections([("a", card(0.3, 0.5, 0.1, 0.6)), ("b", card(0.4, 0.45, -0.1, 0.7)),
-                              ("c", card(0.4, 0.2, -0.3, float("nan"))), ("d", card(0.4, 0.4, -0.2, 0.5))])
+                              ("c", card(0.4, 0.2, -0.3, float("nan"))), ("d", card(0.4, 0.4, -0.2, 0.5)),
+                              ("imported", card(0.1, 0.9, 0.5, 0.9) | {"finder": {"assistant_only": True}})])
     text = "\n".join(lines)
     # persona vector: ranks 1, 1, 2, 2 -> 1.50; higher than the latent on 2 of 4 cards (a tie is no win),
     # interval above 0 on 1; A/B over the cards that have it: (0.6 + 0.7 + 0.5) / 3
     assert "| persona vector | 4 | 1.50 | 2/4 (1) | 0.600 |" in text
     assert "| SAE latent | 4 | 1.50 | - | 0.500 |" in text
     assert "| [a](a/summary.md) | 0.300 (2) | 0.500 (1) |" in text
+    assert "| [imported](imported/summary.md) | 0.100 (2) | 0.900 (1) |" in text  # listed, not aggregated
