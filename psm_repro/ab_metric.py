@@ -15,6 +15,8 @@ The system-prompt baseline runs the question with the trait's system turn instea
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 
 import numpy as np
 import torch
@@ -23,6 +25,8 @@ from psm_repro.chat import encode_prompt, text_ids
 from psm_repro.hooked import HookedModel, position_ids
 from psm_repro.peer_formats import LETTER, ABItem
 from psm_repro.steering import Intervention, steer
+
+logger = logging.getLogger(__name__)
 
 
 def answer_ids(tokenizer, answer: str) -> list[int]:
@@ -45,6 +49,7 @@ def answer_logprobs(model: HookedModel, prompts: list[list[int]], answer_sets: l
     out = model.model(input_ids=ids.to(dev), attention_mask=attn.to(dev),
                       position_ids=position_ids(attn).to(dev), use_cache=True, logits_to_keep=1)
     cache, width = out.past_key_values, ids.shape[1]
+    pristine = copy.deepcopy(cache)  # for caches that cannot crop (Gemma-2's sliding-window layers)
     first_lp = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()
     pad = model.tokenizer.pad_token_id or 0
     result = np.zeros((len(answer_sets), len(conditions), len(prompts)))
@@ -63,9 +68,7 @@ def answer_logprobs(model: HookedModel, prompts: list[list[int]], answer_sets: l
             # "(A" and "(B" feed the same "(": one forward serves both answers
             lp = next((l for f, m, l in done if torch.equal(f, feed) and torch.equal(m, mask)), None)
             if lp is None:
-                extra = cache.get_seq_length() - width
-                if extra > 0:  # back to the question alone; a negative count means "remove n" in old and new HF
-                    cache.crop(-extra)
+                cache = _rewind(cache, pristine, width)
                 pos = attn.sum(1, keepdim=True) + torch.arange(feed.shape[1])[None]  # positions go on after it
                 ctx = (steer(model, sae, [iv], torch.full((len(prompts),), float(coef)), positions="generated",
                              prompt_width=width) if iv is not None and coef != 0 else contextlib.nullcontext())
@@ -79,25 +82,53 @@ def answer_logprobs(model: HookedModel, prompts: list[list[int]], answer_sets: l
     return result
 
 
+def _rewind(cache, pristine, width: int):
+    """The cache holding the question alone: cropped back where the cache can crop (a negative count means
+    "remove n" in old and new transformers), else a fresh copy of the question's cache."""
+    extra = cache.get_seq_length() - width
+    if extra <= 0:
+        return cache
+    try:
+        cache.crop(-extra)
+        return cache
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+        return copy.deepcopy(pristine)
+
+
+def max_positions(model: HookedModel) -> int | None:
+    """The longest sequence the model's position embeddings allow (None: no fixed limit known)."""
+    cfg = model.model.config
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
 def p_matching(model: HookedModel, sae, items: list[ABItem], conditions: list[tuple[str, Intervention | None, float]],
                system: str | None, batch_size: int = 16) -> np.ndarray:
     """(conditions, items) p(matching). `conditions`: (label, intervention or None, coefficient); the label
-    "system_prompt" puts `system` before the question (unsteered)."""
+    "system_prompt" puts `system` before the question (unsteered). An item longer than the model's position limit
+    gets NaN (left out of every mean) and a warning."""
     tok = model.tokenizer
-    out = np.zeros((len(conditions), len(items)))
+    out = np.full((len(conditions), len(items)), np.nan)
     kinds = {"plain": [i for i, c in enumerate(conditions) if c[0] != "system_prompt"],
              "system": [i for i, c in enumerate(conditions) if c[0] == "system_prompt"]}
-    for b in range(0, len(items), batch_size):
-        chunk = items[b:b + batch_size]
+    heads = {"plain": [], "system": [{"role": "system", "content": system}]}
+    prompts = {k: [encode_prompt(tok, heads[k] + [{"role": "user", "content": x.question}]) for x in items]
+               for k, rows in kinds.items() if rows}
+    answers = {side: [answer_ids(tok, getattr(x, side)) for x in items] for side in ("matching", "not_matching")}
+    limit = max_positions(model)
+    fits = [i for i in range(len(items)) if limit is None or all(
+        len(p[i]) + max(len(a[i]) for a in answers.values()) <= limit for p in prompts.values())]
+    if len(fits) < len(items):
+        logger.warning("A/B metric: %d of %d items are longer than the model's %s positions; left out",
+                       len(items) - len(fits), len(items), limit)
+    for b in range(0, len(fits), batch_size):
+        chunk = fits[b:b + batch_size]
         for kind, rows in kinds.items():
             if not rows:
                 continue
-            sys_turn = [{"role": "system", "content": system}] if kind == "system" else []
-            prompts = [encode_prompt(tok, sys_turn + [{"role": "user", "content": x.question}]) for x in chunk]
             conds = [(conditions[i][1], conditions[i][2]) for i in rows]
-            sets = [[answer_ids(tok, getattr(x, side)) for x in chunk] for side in ("matching", "not_matching")]
-            lp = answer_logprobs(model, prompts, sets, conds, sae)
-            out[rows, b:b + len(chunk)] = 1.0 / (1.0 + np.exp(lp[1] - lp[0]))
+            sets = [[answers[side][i] for i in chunk] for side in ("matching", "not_matching")]
+            lp = answer_logprobs(model, [prompts[kind][i] for i in chunk], sets, conds, sae)
+            out[np.ix_(rows, chunk)] = 1.0 / (1.0 + np.exp(lp[1] - lp[0]))
     return out
 
 
@@ -120,5 +151,6 @@ def ab_table(model: HookedModel, sae, items: list[ABItem], ivs: dict[str, Interv
         mean, lo, hi = stats.bca_interval(values, n_bootstrap, seed)
         d, dlo, dhi = stats.bca_interval(values - p[0], n_bootstrap, seed)
         rows.append({"method": method, "coefficient": c, "p_matching": mean, "ci_low": lo, "ci_high": hi,
-                     "diff_vs_unsteered": d, "diff_ci_low": dlo, "diff_ci_high": dhi, "n": len(values)})
+                     "diff_vs_unsteered": d, "diff_ci_low": dlo, "diff_ci_high": dhi,
+                     "n": int(np.isfinite(values).sum())})
     return rows
