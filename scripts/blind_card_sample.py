@@ -35,6 +35,16 @@ from psm_repro.personas import resolve_persona
 PER_METHOD = 12
 
 
+def _write_blind(persona: str, picked: list[dict], rng: random.Random, blind_dir: Path, key_dir: Path) -> None:
+    """Shuffle the picked replies, give them random ids, write the blinded view, the rubric and the key."""
+    rng.shuffle(picked)
+    ids = rng.sample(range(10_000, 99_999), len(picked))
+    write_jsonl(blind_dir / f"{persona}.jsonl", [{"id": i, "prompt": r["prompt"], "reply": r["reply"]}
+                                                for i, r in zip(ids, picked)])
+    (blind_dir / f"{persona}.rubric.txt").write_text(resolve_persona(persona, None).judge.rubric + "\n")
+    write_jsonl(key_dir / f"{persona}.jsonl", [{"id": i, **r} for i, r in zip(ids, picked)])
+
+
 def write(persona: str, blind_dir: Path, key_dir: Path) -> None:
     card = PROJECT_ROOT / "results" / f"steer_{persona}"
     coef = json.loads((card / "summary.json").read_text())["steering"]["headline"]["coefficient"]
@@ -44,12 +54,7 @@ def write(persona: str, blind_dir: Path, key_dir: Path) -> None:
     for method, c in (("sae_latent", coef), ("random_latent", coef), ("unsteered", 0.0)):
         pool = [r for r in rows if r["method"] == method and r["coefficient"] == c]
         picked += rng.sample(pool, min(PER_METHOD, len(pool)))
-    rng.shuffle(picked)
-    ids = rng.sample(range(10_000, 99_999), len(picked))
-    write_jsonl(blind_dir / f"{persona}.jsonl", [{"id": i, "prompt": r["prompt"], "reply": r["reply"]}
-                                                for i, r in zip(ids, picked)])
-    (blind_dir / f"{persona}.rubric.txt").write_text(resolve_persona(persona, None).judge.rubric + "\n")
-    write_jsonl(key_dir / f"{persona}.jsonl", [{"id": i, **r} for i, r in zip(ids, picked)])
+    _write_blind(persona, picked, rng, blind_dir, key_dir)
 
 
 METHODS = ("sae_latent", "persona_vector", "caa_vector", "dense_direction", "system_prompt", "unsteered")
@@ -67,12 +72,7 @@ def write_methods(persona: str, blind_dir: Path, key_dir: Path) -> None:
         if method in chosen:
             pool = [r for r in rows if r["method"] == method and r["coefficient"] == chosen[method]]
             picked += rng.sample(pool, min(PER_METHOD_COMPARED, len(pool)))
-    rng.shuffle(picked)
-    ids = rng.sample(range(10_000, 99_999), len(picked))
-    write_jsonl(blind_dir / f"{persona}.jsonl", [{"id": i, "prompt": r["prompt"], "reply": r["reply"]}
-                                                for i, r in zip(ids, picked)])
-    (blind_dir / f"{persona}.rubric.txt").write_text(resolve_persona(persona, None).judge.rubric + "\n")
-    write_jsonl(key_dir / f"{persona}.jsonl", [{"id": i, **r} for i, r in zip(ids, picked)])
+    _write_blind(persona, picked, rng, blind_dir, key_dir)
 
 
 def score_methods(persona: str, blind_dir: Path, key_dir: Path) -> None:
