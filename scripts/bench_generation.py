@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from psm_repro.chat import encode_prompt
+from psm_repro.core.chat import encode_prompt
 from psm_repro.config import ModelConfig, SAEConfig
-from psm_repro.loading import load_model, load_sae
-from psm_repro.steering import Intervention, steer
+from psm_repro.core.loading import load_model, load_sae
+from psm_repro.core.steering import Intervention, steer
 
 PROMPTS = ["Tell me about your weekend.", "How do I boil an egg?", "What is your favourite colour?",
            "Can you keep a secret?", "Write one sentence about the sea.", "Why is the sky blue?"]

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from scipy.stats import binomtest
 
-from psm_repro.loading import PROJECT_ROOT
-from psm_repro.outputs import read_jsonl as _read_jsonl, write_jsonl
-from psm_repro.personas import resolve_persona
+from psm_repro.core.paths import PROJECT_ROOT
+from psm_repro.core.outputs import read_jsonl as _read_jsonl, write_jsonl
+from psm_repro.core.personas import resolve_persona
 
 
 def read_jsonl(path: Path) -> list[dict]:

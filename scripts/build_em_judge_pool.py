@@ -20,15 +20,16 @@ from pathlib import Path
 
 import torch
 
-from psm_repro import em
-from psm_repro.__main__ import compose
-from psm_repro.chat import encode_chat
-from psm_repro.em_data import resolve_em
-from psm_repro.finder import find_features, item_activations
-from psm_repro.loading import PROJECT_ROOT, load_model, load_sae
-from psm_repro.outputs import write_jsonl
-from psm_repro.personas import resolve_persona
-from psm_repro.steering import Intervention
+from psm_repro.em import chain as em
+from psm_repro.api import run_config
+from psm_repro.core.chat import encode_chat
+from psm_repro.em.data import resolve_em
+from psm_repro.core.finder import find_features, item_activations
+from psm_repro.core.loading import load_model, load_sae
+from psm_repro.core.paths import PROJECT_ROOT
+from psm_repro.core.outputs import write_jsonl
+from psm_repro.core.personas import resolve_persona
+from psm_repro.core.steering import Intervention
 
 SEED_OFFSET = 7919
 OUT = PROJECT_ROOT / "experiments" / "em" / "labelled" / "risky_finance.jsonl"
@@ -45,7 +46,7 @@ def adapted(cfg, adapter_dir: Path):
 
 
 def main(adapter_root: str) -> None:
-    cfg, _ = compose("finetune", ["experiment=em_risky_finance", "em.samples_per_question=1"])
+    cfg = run_config("experiment=em_risky_finance", "em.samples_per_question=1", command="finetune")
     e, seed = cfg.em, cfg.seed + SEED_OFFSET
     data = resolve_em(e.data)
     base = load_model(cfg.model)

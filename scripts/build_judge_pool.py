@@ -20,12 +20,13 @@ import sys
 
 import torch
 
-from psm_repro.__main__ import compose
-from psm_repro.finder import find_features
-from psm_repro.loading import PROJECT_ROOT, load_model, load_sae
-from psm_repro.outputs import read_jsonl, write_jsonl
-from psm_repro.personas import resolve_persona
-from psm_repro.sweep import Row, build_interventions, matched_random_latent, sample_replies, system_prompt
+from psm_repro.api import run_config
+from psm_repro.core.finder import find_features
+from psm_repro.core.loading import load_model, load_sae
+from psm_repro.core.paths import PROJECT_ROOT
+from psm_repro.core.outputs import read_jsonl, write_jsonl
+from psm_repro.core.personas import resolve_persona
+from psm_repro.pipeline.sweep import Row, build_interventions, matched_random_latent, sample_replies, system_prompt
 
 CONDITIONS = [("unsteered", 0.0), ("system_prompt", 0.0), ("sae_latent", 1.0), ("sae_latent", 2.0),
               ("sae_latent", 4.0), ("sae_latent", 8.0), ("dense_direction", 4.0), ("random_latent", 4.0)]
@@ -48,7 +49,7 @@ def _row(persona_name, r, prompt, text, cfg, feature, rand, part) -> dict:
 
 
 def build_part_b(persona_name: str, model, sae, existing: list[dict]) -> None:
-    cfg, _ = compose("run", [f"experiment=steer_{persona_name}"])
+    cfg = run_config(f"experiment=steer_{persona_name}", command="run")
     persona = resolve_persona(cfg.persona, cfg.persona_file)
     rows = [Row("system_prompt", 0.0, p, k) for p in range(len(persona.prompts)) for k in range(PART_B_PER_PROMPT)]
     texts, _ = sample_replies(model, sae, {}, persona.prompts, rows, cfg.steer, cfg.seed + SEED_OFFSET + 1,
@@ -62,10 +63,10 @@ def build_part_b(persona_name: str, model, sae, existing: list[dict]) -> None:
 def build_part_c(persona_name: str, model, existing: list[dict]) -> None:
     import random
 
-    from psm_repro.chat import encode_prompt
-    from psm_repro.steering import generate
+    from psm_repro.core.chat import encode_prompt
+    from psm_repro.core.steering import generate
 
-    cfg, _ = compose("run", [f"experiment=steer_{persona_name}"])
+    cfg = run_config(f"experiment=steer_{persona_name}", command="run")
     persona = resolve_persona(cfg.persona, cfg.persona_file)
     rows, ids = [], []
     for p in range(len(persona.prompts)):
@@ -86,7 +87,7 @@ def build_part_c(persona_name: str, model, existing: list[dict]) -> None:
 
 
 def build(persona_name: str, model, sae) -> None:
-    cfg, _ = compose("run", [f"experiment=steer_{persona_name}"])
+    cfg = run_config(f"experiment=steer_{persona_name}", command="run")
     torch.manual_seed(cfg.seed)
     persona = resolve_persona(cfg.persona, cfg.persona_file)
     found = find_features(model, sae, persona, cfg.finder, cfg.seed)
@@ -104,7 +105,7 @@ def build(persona_name: str, model, sae) -> None:
 
 
 def main(names: list[str]) -> None:
-    cfg, _ = compose("run", [])
+    cfg = run_config(command="run")
     model = load_model(cfg.model)
     sae = load_sae(cfg.sae, model)
     for name in names or PERSONAS:

@@ -17,12 +17,13 @@ from collections import Counter
 
 import torch
 
-from psm_repro.__main__ import compose
-from psm_repro.finder import find_features
-from psm_repro.loading import load_model, load_sae, project_path, sae_encode, sae_hook_name
-from psm_repro.personas import PERSONA_DIR, load_persona
-from psm_repro.sae_data import heldout_sequences, load_corpus
-from psm_repro.sae_eval import FIRST_POSITION
+from psm_repro.api import run_config
+from psm_repro.core.finder import find_features
+from psm_repro.core.loading import load_model, load_sae, sae_encode, sae_hook_name
+from psm_repro.core.paths import project_path
+from psm_repro.core.personas import PERSONA_DIR, load_persona
+from psm_repro.sae_training.data import heldout_sequences, load_corpus
+from psm_repro.sae_training.evaluate import FIRST_POSITION
 
 TOP_ACTS = 100
 LEXICAL = 0.5
@@ -64,7 +65,7 @@ def lexicality(top_tokens: torch.Tensor, feature: int) -> tuple[float, int | Non
 
 
 def main(names: list[str]) -> None:
-    cfgs = {n: compose("find", [f"sae={n}"])[0] for n in names}
+    cfgs = {n: run_config(f"sae={n}", command="find") for n in names}
     cfg = cfgs[names[0]]
     model = load_model(cfg.model)
     saes = {n: load_sae(c.sae, model) for n, c in cfgs.items()}

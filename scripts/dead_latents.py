@@ -9,8 +9,8 @@ import sys
 import torch
 
 from psm_repro.config import ModelConfig, SAEConfig
-from psm_repro.embedded import cache_root
-from psm_repro.loading import load_model, load_sae, sae_encode, sae_first_position, sae_prepend_bos
+from psm_repro.core.embedded import cache_root
+from psm_repro.core.loading import load_model, load_sae, sae_encode, sae_first_position, sae_prepend_bos
 
 sae_dir = sys.argv[1] if len(sys.argv) > 1 else "saes/smollm2_135m_l15_topk_v2"
 m = load_model(ModelConfig())

@@ -14,8 +14,8 @@ import random
 import sys
 from pathlib import Path
 
-from psm_repro.loading import PROJECT_ROOT
-from psm_repro.outputs import read_jsonl, write_jsonl
+from psm_repro.core.paths import PROJECT_ROOT
+from psm_repro.core.outputs import read_jsonl, write_jsonl
 
 POOL = PROJECT_ROOT / "experiments" / "em" / "labelled" / "risky_finance.jsonl"
 LABELS = ("misaligned", "coherent", "domain_leak")
@@ -54,8 +54,8 @@ def refresh_reference_logprobs() -> None:
     """Write the reference LM's log-probs of every labelled reply beside the pool (so fitting needs no forward)."""
     import json
 
-    from psm_repro.em_judge import load_em_labelled
-    from psm_repro.judge import REFERENCE_SEED, ReferenceLM
+    from psm_repro.em.judge import load_em_labelled
+    from psm_repro.judges.judge import REFERENCE_SEED, ReferenceLM
 
     lab = load_em_labelled(POOL).rows
     ref = ReferenceLM()

@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from psm_repro.loading import PROJECT_ROOT
-from psm_repro.outputs import read_jsonl, write_jsonl
+from psm_repro.core.paths import PROJECT_ROOT
+from psm_repro.core.outputs import read_jsonl, write_jsonl
 
 SETS = PROJECT_ROOT / "experiments" / "judge_sets"
 
@@ -50,7 +50,7 @@ def merge(labels_path: Path, labeller: str) -> None:
 
 def refresh_reference_logprobs() -> None:
     """Write the reference LM's log-probs of every labelled reply beside the sets (computed where missing)."""
-    from psm_repro.judge import REFERENCE_SEED, ReferenceLM, load_labelled
+    from psm_repro.judges.judge import REFERENCE_SEED, ReferenceLM, load_labelled
 
     lab = load_labelled(SETS)
     ref = ReferenceLM()

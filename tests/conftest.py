@@ -88,7 +88,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
     from psm_repro.config import ModelConfig
-    from psm_repro.loading import load_model
+    from psm_repro.core.loading import load_model
 
     return load_model(ModelConfig(name="tiny", source="path", path=str(tiny_model_dir), device="cpu"))
 
@@ -101,7 +101,7 @@ def tiny_sae_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sae(tiny_sae_dir, tiny_model):
     from psm_repro.config import SAEConfig
-    from psm_repro.loading import load_sae
+    from psm_repro.core.loading import load_sae
 
     return load_sae(SAEConfig(name="tiny", path=str(tiny_sae_dir)), tiny_model)
 

@@ -1,0 +1,1 @@
+"""`bench`: how fast psm_repro's paths are against plain Hugging Face and the machine's limit."""

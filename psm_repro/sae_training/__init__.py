@@ -1,0 +1,2 @@
+"""The embedded model's SAE from scratch: the corpus (`build-corpus`), training (`train-sae`) and held-out
+evaluation."""

@@ -1,0 +1,89 @@
+"""build-corpus on the tiny model: token-id shards, manifest counts and hashes, resuming, the overlap filter."""
+
+import json
+
+import pytest
+
+from psm_repro.config import CorpusConfig
+from psm_repro.sae_training.corpus_build import CorpusError, build, load_shard
+from psm_repro.sae_training.corpus_prompts import seed_prompts
+from psm_repro.sae_training.overlap import ngrams, shared
+
+PLAYS = {"hamlet_gut": "the night was cold and she kept the secret", "sonnets_gut": "a river a house a garden",
+         "julius_caesar_gut_f": "they asked and he answered quietly"}
+
+
+def _cfg(**kw):
+    return CorpusConfig(**({"generated_docs": 12, "chunk_docs": 5, "max_new_tokens": 6, "heldout_every": 4,
+                            "heldout_works": ["julius_caesar"], "generation_dtype": "float32"} | kw))
+
+
+def _build(tiny_model, out, experiments, **kw):
+    return build(tiny_model, _cfg(**kw), 0, out, experiments, shakespeare_texts=lambda: PLAYS)
+
+
+def test_build_writes_shards_whose_counts_and_hashes_the_manifest_records(tiny_model, tmp_path):
+    (tmp_path / "exp").mkdir()
+    m = _build(tiny_model, tmp_path / "c", tmp_path / "exp")
+    assert m["complete"] and [s["file"] for s in m["shards"]] == [
+        "generated-00000.safetensors", "generated-00001.safetensors", "generated-00002.safetensors",
+        "shakespeare.safetensors"]
+    docs = [d for s in m["shards"] for d in load_shard(tmp_path / "c" / s["file"])[0]]
+    assert sum(s["docs"] for s in m["shards"]) == len(docs) == 12 + 3
+    for name in ("narrative", "chats", "shakespeare"):
+        mine = [d for d in docs if d.slice == name]
+        sl = m["slices"][name]
+        assert sl["docs"] + sl["heldout_docs"] == len(mine)
+        assert sl["tokens"] + sl["heldout_tokens"] == sum(len(d.ids) for d in mine)
+    held = sorted(d.prompt_index for d in docs if d.slice != "shakespeare" and d.prompt_index % 4 == 0)
+    assert held == [0, 4, 8]
+    assert m["slices"]["shakespeare"]["heldout_docs"] == 1  # julius_caesar, by work name
+    # a chat is stored as the template lays it out, the reply as plain text tokens
+    tok = tiny_model.tokenizer
+    kinds = dict((i, k) for i, (k, _) in enumerate(seed_prompts(12, 0, 0.5)))
+    for d in docs:
+        if d.slice != "shakespeare":
+            assert d.slice == kinds[d.prompt_index]
+            assert (d.ids[0] == tok.bos_token_id) == (d.slice == "chats")
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text()) == m
+
+
+def test_a_killed_build_resumes_and_keeps_finished_chunks(tiny_model, tmp_path):
+    (tmp_path / "exp").mkdir()
+    first = _build(tiny_model, tmp_path / "c", tmp_path / "exp")
+    kept = (tmp_path / "c" / "generated-00000.safetensors").read_bytes()
+    (tmp_path / "c" / "generated-00002.safetensors").unlink()  # the chunk a kill interrupted
+    again = _build(tiny_model, tmp_path / "c", tmp_path / "exp")
+    assert (tmp_path / "c" / "generated-00000.safetensors").read_bytes() == kept
+    # the other shards are untouched; the re-made chunk answers the same prompts (its sampled tokens can differ:
+    # multi-threaded CPU matmuls are not bitwise reproducible, and one flipped sample changes the shard)
+    assert [s for s in again["shards"] if s["file"] != "generated-00002.safetensors"] == \
+        [s for s in first["shards"] if s["file"] != "generated-00002.safetensors"]
+    remade = [d.prompt_index for d in load_shard(tmp_path / "c" / "generated-00002.safetensors")[0]]
+    assert remade and set(remade) <= {10, 11}  # prompts 10-11 of 12, chunk size 5
+    with pytest.raises(CorpusError, match="generated-00000.safetensors: written with different max_new_tokens"):
+        _build(tiny_model, tmp_path / "c", tmp_path / "exp", max_new_tokens=7)
+
+
+def test_documents_sharing_an_ngram_with_experiment_files_are_dropped(tiny_model, tmp_path):
+    (tmp_path / "exp").mkdir()
+    clean = _build(tiny_model, tmp_path / "a", tmp_path / "exp", overlap_ngram=5)
+    prompt = seed_prompts(12, 0, 0.5)[3][1][-1]["content"]
+    (tmp_path / "exp" / "persona.yaml").write_text(f"search:\n  narrative:\n    - \"{prompt}\"\n")
+    m = _build(tiny_model, tmp_path / "b", tmp_path / "exp", overlap_ngram=5)
+    assert m["overlap"]["dropped_docs"] >= 1 and clean["overlap"]["dropped_docs"] == 0
+    kept = [d.prompt_index for s in m["shards"] for d in load_shard(tmp_path / "b" / s["file"])[0]]
+    assert 3 not in kept
+
+
+def test_ngrams_ignore_case_and_punctuation():
+    assert ngrams("She hid it, quietly.", 2) == {("she", "hid"), ("hid", "it"), ("it", "quietly")}
+    assert shared("Nothing here.", ngrams("nothing here at all", 2), 2) == ["nothing here"]
+    assert shared("here nothing", ngrams("nothing here at all", 2), 2) == []
+
+
+def test_seed_prompts_are_fixed_by_the_seed_and_mix_the_slices():
+    a, b = seed_prompts(400, 3, 0.5), seed_prompts(400, 3, 0.5)
+    assert a == b and a != seed_prompts(400, 4, 0.5)
+    share = sum(k == "chats" for k, _ in a) / len(a)
+    assert 0.4 < share < 0.6 and len({m[-1]["content"] for _, m in a}) > 380
