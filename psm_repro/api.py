@@ -136,12 +136,25 @@ def _finder_config(options: dict) -> FinderConfig:
 
 def find(model: HookedModel, sae, persona: Persona | str, seed: int = 0, **finder: object) -> Found:
     """Rank the SAE's latents for a persona (a Persona, a shipped name or a file path) by the shared
-    narrative / assistant contrast, with the finder's controls. Keyword arguments are `finder.*` options."""
+    narrative / assistant contrast (or, with `rank_by="narrative_situation"`, the narrative / situation one), with
+    the finder's controls. Keyword arguments are `finder.*` options."""
     cfg = _finder_config(finder)
     RunConfig(seed=seed)  # the seed's range check
     p = _persona(persona)
+    situation = None
+    if cfg.rank_by == "narrative_situation":  # the assistant in the situation, read as `run` reads it
+        from pathlib import Path
+
+        from psm_repro.core.embedded import cache_root
+        from psm_repro.core.loading import sae_first_position
+        from psm_repro.pipeline.situations import read_situations
+
+        if not p.situation:
+            raise ConfigError(f"finder.rank_by=narrative_situation: {p.path or p.name} has no search.situation set")
+        cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_root()
+        situation = read_situations(model, sae, p, cfg, seed, sae_first_position(sae), cache / "situation_replies").acts
     np_id = getattr(sae.cfg.metadata, "neuronpedia_id", None)
-    result = find_features(model, sae, p, cfg, seed, np_id)
+    result = find_features(model, sae, p, cfg, seed, np_id, situation=situation)
     latents = [Latent(index=r["feature"], rank=r["rank"], score=r["score"], narrative_effect=r["narrative_effect"],
                       assistant_effect=r["assistant_effect"], q_value=r["q_value"], significant=r["significant"],
                       max_activation=r["max_activation"], top_tokens=r["top_tokens"],

@@ -58,6 +58,16 @@ def test_find_returns_typed_results_that_match_the_finders_rows(loaded, tmp_path
     assert int(found.top) == found.top.index
 
 
+def test_find_ranks_on_the_situation_contrast_when_asked(loaded, tmp_path):
+    model, sae = loaded
+    persona = pr.Persona.from_file(write_persona(tmp_path, situations=True))
+    found = pr.find(model, sae, persona, n_permutations=500, rank_by="narrative_situation",
+                    situation_max_new_tokens=4, cache_dir=str(tmp_path / "cache"))
+    assert found.raw.summary["ranked_on"] == "situation_prompt"
+    with pytest.raises(pr.ConfigError, match="has no search.situation set"):
+        pr.find(model, sae, pr.Persona.from_file(write_persona(tmp_path, name="plain")), rank_by="narrative_situation")
+
+
 def _hf_greedy(model, prompt: str, n: int) -> str:
     from psm_repro.core.chat import encode_prompt
 
