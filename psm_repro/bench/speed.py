@@ -24,7 +24,7 @@ from psm_repro.config import BenchConfig, RunConfig
 from psm_repro.core.finder import item_activations
 from psm_repro.core.hooked import HookedModel
 from psm_repro.core.loading import load_model, load_sae, sae_encode, sae_hook_name
-from psm_repro.core.paths import PROJECT_ROOT
+from psm_repro.core.paths import output_path
 from psm_repro.bench.peers import peer_cost
 from psm_repro.bench.render import render
 from psm_repro.core.outputs import write_json, write_text
@@ -259,7 +259,7 @@ def _load_seconds(cfg: RunConfig) -> dict:
 
     def once(kind: str) -> dict:
         out = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, kind, json.dumps(dataclasses.asdict(cfg.model))],
-                             cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+                             cwd=output_path("."), capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     kinds = ["psm_repro"] + (["bare_hf"] if cfg.model.source == "embedded" else [])
@@ -324,7 +324,7 @@ def _situation_cost(cfg: RunConfig) -> dict:
                    f"model={cfg.model.name}", f"sae={cfg.sae.name}", f"finder.cache_dir={Path(tmp) / 'cache'}",
                    f"hydra.run.dir={run_dir}"]
             start = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True)
+            proc = subprocess.run(cmd, cwd=output_path("."), capture_output=True, text=True)
             wall = time.perf_counter() - start
             if proc.returncode != 0:
                 return {"skipped": f"find failed: {proc.stderr.strip().splitlines()[-1:]}"}
@@ -345,7 +345,7 @@ def _end_to_end(out_dir: Path, overrides: tuple[str, ...] = ()) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="psm_repro_bench_")) / "run"
     cmd = [sys.executable, "-m", "psm_repro", "run", "experiment=steer_secrecy", *overrides, f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=output_path("."), capture_output=True, text=True)
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux -> MiB
     out = {"command": " ".join(["python -m psm_repro run experiment=steer_secrecy", *overrides]), "wall_s": wall,

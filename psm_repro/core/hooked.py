@@ -4,7 +4,7 @@ Chosen by measurement (see README, "Why plain HF hooks"): HF `generate` with a K
 the fastest generation path on CPU, and a hook on one decoder layer costs nothing measurable.
 SAE hook names in TransformerLens style (`blocks.12.hook_resid_post`, `hook_resid_pre`, `hook_resid_mid`,
 `hook_attn_out`, `hook_mlp_out`) and plain HF module paths (`model.layers.12`) resolve to the HF tensors
-that equal TL's `run_with_cache` on the same weights (tests/test_hooks_vs_transformer_lens.py), so public SAEs
+that equal TL's `run_with_cache` on the same weights (tests/core/test_hooks_vs_transformer_lens.py), so public SAEs
 trained on HookedTransformer activations and SAEs trained on HF activations both work.
 """
 

@@ -2,7 +2,7 @@
 
 scipy/statsmodels do the work (BH-FDR, Holm, BCa bootstrap, sign-flip permutation tests); the one torch
 function kept, `sign_flip_pvalues`, runs the same sign-flip test vectorised over thousands of latents and
-is held equal to `scipy.stats.permutation_test` by tests/test_stats.py.
+is held equal to `scipy.stats.permutation_test` by tests/core/test_stats.py.
 """
 
 from __future__ import annotations
