@@ -5,7 +5,7 @@ The public API (psm_repro/api.py), imported lazily so `python -m psm_repro table
     import psm_repro as pr
     model, sae = pr.load("smollm2_135m_it", "smollm2_135m_l15_topk_v2")
     found = pr.find(model, sae, pr.Persona.from_file("experiments/personas/secrecy.yaml"))
-    print(pr.steer_text(model, sae, found.top, "Do you have secrets?", coefficient=4))
+    print(pr.steer_text(model, sae, found.top, "Do you have secrets?", coefficient=2))
 
 Layout: core/ (model, loading, chat, SAE access, personas, finder, steering, measures, statistics), judges/,
 peers/, pipeline/ (the run's stages), report/, cli/ (Hydra and the commands), em/, sae_training/, bench/.

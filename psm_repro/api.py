@@ -4,7 +4,7 @@ by config name, find a persona's shared latents, steer text with one of them. Re
     model, sae = pr.load("smollm2_135m_it", "smollm2_135m_l15_topk_v2")
     persona = pr.Persona.from_file("experiments/personas/secrecy.yaml")
     found = pr.find(model, sae, persona)              # Found: .top, .latents, .table (DataFrame), .controls
-    print(pr.steer_text(model, sae, found.top, "Do you have secrets?", coefficient=4))
+    print(pr.steer_text(model, sae, found.top, "Do you have secrets?", coefficient=2))
 
 Arguments are checked by the same typed configs and persona rules as the CLI, with the same one-line messages.
 """
@@ -54,7 +54,7 @@ class Latent:
         """Context manager: every forward pass inside the block has this latent injected at `coefficient` x
         `max_activation` (the CLI's unit), for any batch; hooks are removed on exit, also after an error.
 
-            with found.top.apply(model, sae, coefficient=4):
+            with found.top.apply(model, sae, coefficient=2):
                 out = model.model.generate(ids, max_new_tokens=40)
         """
         iv = Intervention(mode=mode, feature=self.index, scale=self.max_activation)
@@ -169,7 +169,7 @@ def find(model: HookedModel, sae, persona: Persona | str, seed: int = 0, **finde
     return Found(persona=p.name, latents=latents, controls=controls, raw=result)
 
 
-def steer_text(model: HookedModel, sae, latent: Latent | int, prompt: str, coefficient: float = 4.0, *,
+def steer_text(model: HookedModel, sae, latent: Latent | int, prompt: str, coefficient: float = 2.0, *,
                scale: float | None = None, mode: str = "add", positions: str = "all", max_new_tokens: int = 40,
                temperature: float = 0.0, seed: int = 0) -> str:
     """The model's reply to one user prompt with `latent` injected at `coefficient` x `scale` activation units

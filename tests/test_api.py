@@ -16,10 +16,12 @@ from conftest import write_persona
 ROOT = Path(__file__).parents[1]
 
 
+def _readme_section() -> str:
+    return (ROOT / "README.md").read_text().split("## Use it as a library", 1)[1].split("\n## ", 1)[0]
+
+
 def _readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Use it as a library", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.search(r"```python\n(.*?)```", _readme_section(), re.S).group(1)
 
 
 @pytest.mark.slow
@@ -32,6 +34,7 @@ def test_the_readme_example_runs_as_written(monkeypatch, capsys):
     assert isinstance(found.table, pd.DataFrame) and found.table.iloc[0]["feature"] == found.top.index
     assert found.top.score >= found.latents[-1].score
     assert len(printed) == 2 and printed[1].strip()  # the latent line, then a non-empty steered reply
+    assert found.top.index == int(re.search(r"finds latent (\d+)", _readme_section()).group(1))  # the prose's latent
 
 
 @pytest.fixture(scope="module")
