@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from psm_repro.core.chat import encode_prompt
 from psm_repro.config import ModelConfig, SAEConfig
+from psm_repro.core.chat import encode_prompt
 from psm_repro.core.loading import load_model, load_sae
 from psm_repro.core.steering import Intervention, steer
 

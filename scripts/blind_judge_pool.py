@@ -12,8 +12,8 @@ import random
 import sys
 from pathlib import Path
 
-from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.outputs import read_jsonl, write_jsonl
+from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.personas import resolve_persona
 
 SETS = PROJECT_ROOT / "experiments" / "judge_sets"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from scipy.stats import binomtest
 
-from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.outputs import read_jsonl as _read_jsonl, write_jsonl
+from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.personas import resolve_persona
 
 

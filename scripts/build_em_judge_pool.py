@@ -20,16 +20,16 @@ from pathlib import Path
 
 import torch
 
-from psm_repro.em import chain as em
 from psm_repro.api import run_config
 from psm_repro.core.chat import encode_chat
-from psm_repro.em.data import resolve_em
 from psm_repro.core.finder import find_features, item_activations
 from psm_repro.core.loading import load_model, load_sae
-from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.outputs import write_jsonl
+from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.personas import resolve_persona
 from psm_repro.core.steering import Intervention
+from psm_repro.em import chain as em
+from psm_repro.em.data import resolve_em
 
 SEED_OFFSET = 7919
 OUT = PROJECT_ROOT / "experiments" / "em" / "labelled" / "risky_finance.jsonl"

@@ -23,8 +23,8 @@ import torch
 from psm_repro.api import run_config
 from psm_repro.core.finder import find_features
 from psm_repro.core.loading import load_model, load_sae
-from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.outputs import read_jsonl, write_jsonl
+from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.personas import resolve_persona
 from psm_repro.pipeline.sweep import Row, build_interventions, matched_random_latent, sample_replies, system_prompt
 

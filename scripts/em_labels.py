@@ -14,8 +14,8 @@ import random
 import sys
 from pathlib import Path
 
-from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.outputs import read_jsonl, write_jsonl
+from psm_repro.core.paths import PROJECT_ROOT
 
 POOL = PROJECT_ROOT / "experiments" / "em" / "labelled" / "risky_finance.jsonl"
 LABELS = ("misaligned", "coherent", "domain_leak")

@@ -14,8 +14,8 @@ import sys
 
 import torch
 
-from psm_repro.core.chat import encode_chat, encode_text
 from psm_repro.config import ModelConfig
+from psm_repro.core.chat import encode_chat, encode_text
 from psm_repro.core.loading import load_model
 from psm_repro.core.personas import PERSONA_DIR, load_persona
 from psm_repro.core.stats import paired_effect

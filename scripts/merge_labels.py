@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.outputs import read_jsonl, write_jsonl
+from psm_repro.core.paths import PROJECT_ROOT
 
 SETS = PROJECT_ROOT / "experiments" / "judge_sets"
 

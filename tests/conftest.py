@@ -22,7 +22,7 @@ WORDS = ("the a she he they secret kept hid told shared letter friend door night
 
 
 def build_tokenizer(path: Path):
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

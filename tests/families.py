@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from conftest import WORDS
 
 GEMMA_TEMPLATE = (

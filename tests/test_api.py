@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import write_persona
 
 import psm_repro as pr
-from conftest import write_persona
 
 ROOT = Path(__file__).parents[1]
 

@@ -17,8 +17,8 @@ def peer_cost(model, cfg: RunConfig, with_peers: dict, end_to_end) -> dict:
     of the persona-vector extraction replies into an empty cache (in this process)."""
     import tempfile
 
-    from psm_repro.peers.vectors import sample_extraction
     from psm_repro.core.personas import resolve_persona
+    from psm_repro.peers.vectors import sample_extraction
 
     without = end_to_end(Path("."), ("peers.enabled=false",))
     if not (with_peers.get("ok") and without["ok"]):

@@ -19,17 +19,16 @@ from pathlib import Path
 
 import torch
 
-from psm_repro.core.chat import Encoded, encode_prompt
+from psm_repro.bench.peers import peer_cost
+from psm_repro.bench.render import render
 from psm_repro.config import BenchConfig, RunConfig
+from psm_repro.core.chat import Encoded, encode_prompt
 from psm_repro.core.finder import item_activations
 from psm_repro.core.hooked import HookedModel
 from psm_repro.core.loading import load_model, load_sae, sae_encode, sae_hook_name
-from psm_repro.core.paths import output_path
-from psm_repro.bench.peers import peer_cost
-from psm_repro.bench.render import render
 from psm_repro.core.outputs import write_json, write_text
+from psm_repro.core.paths import output_path
 from psm_repro.core.steering import Intervention, generate, steer
-
 
 
 def _timed(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:

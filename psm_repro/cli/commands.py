@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if command == "tables":
-            from psm_repro.core.paths import output_path
             from psm_repro.core.outputs import write_text
+            from psm_repro.core.paths import output_path
             from psm_repro.report.tables import render, splice_into_readme
 
             out = output_path("results") / "README.md"
@@ -130,10 +130,10 @@ def _dispatch(command: str, cfg, run_dir: Path) -> int:
         print(f"wrote {cfg.judge.output}: {v.backend} judge for `{v.persona}`, headline AUROC {v.auroc_headline:.3f} "
               f"on {v.n} labelled real replies ({'valid' if v.valid else 'NOT valid: no verdict should rest on it'})")
     elif command == "validate-judge":
-        from psm_repro.judges.judging import validate_judges
-        from psm_repro.core.paths import output_path
-
         import time
+
+        from psm_repro.core.paths import output_path
+        from psm_repro.judges.judging import validate_judges
 
         out = output_path(cfg.judge.out_dir or f"runs/judge_validation/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
         validate_judges(cfg, out)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from psm_repro.config.sections import (BOOTSTRAP_WHY, MIN_BOOTSTRAP, ConfigError, _at_least, _choice,
-                                       _positive)
+from psm_repro.config.sections import BOOTSTRAP_WHY, MIN_BOOTSTRAP, ConfigError, _at_least, _choice, _positive
 
 
 @dataclass

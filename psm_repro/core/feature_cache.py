@@ -27,8 +27,8 @@ from tqdm import tqdm
 from psm_repro.config import DashboardConfig
 from psm_repro.core.hooked import HookedModel
 from psm_repro.core.loading import sae_encode, sae_first_position, sae_hook_name, sae_prepend_bos
-from psm_repro.core.paths import project_path
 from psm_repro.core.outputs import write_bytes
+from psm_repro.core.paths import project_path
 
 logger = logging.getLogger(__name__)
 

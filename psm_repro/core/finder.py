@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from psm_repro.core.chat import Encoded, encode_chat, encode_text
 from psm_repro.config import FinderConfig
+from psm_repro.core import stats
+from psm_repro.core.chat import Encoded, encode_chat, encode_text
 from psm_repro.core.hooked import HookedModel
 from psm_repro.core.loading import sae_encode, sae_first_position, sae_hook_name, sae_prepend_bos
 from psm_repro.core.memory import rows_that_fit
 from psm_repro.core.personas import Persona
-from psm_repro.core import stats
 
 logger = logging.getLogger(__name__)
 

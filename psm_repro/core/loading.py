@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import torch
 
-from psm_repro.core.chat import use_transcript
 from psm_repro.config import ModelConfig, SAEConfig
+from psm_repro.core.chat import use_transcript
 from psm_repro.core.embedded import ensure_dequantized
 from psm_repro.core.hooked import HookedModel
 from psm_repro.core.paths import project_path

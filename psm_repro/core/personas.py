@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.config.sections import MIN_EVAL_ITEMS, SPLIT_WHY
+from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.persona_rules import (MIN_PAIRS, PAIRS_WHY, SEARCH_KEYS, SITUATION_KEYS, SOURCES, FieldReporter,
                                           Judge, Pair, PersonaError, all_texts, check_eval, check_paired)
 from psm_repro.peers.formats import (PeerFormatError, Peers, detect_format, read_ab, read_peers_section, read_trait,

@@ -15,16 +15,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from psm_repro.config import EMConfig
 from psm_repro.core import stats
 from psm_repro.core.behaviour import distinct_n, reply_logprobs, teacher_forced_rows
 from psm_repro.core.chat import encode_chat, encode_prompt
-from psm_repro.config import EMConfig
-from psm_repro.em.data import EMData, EvalQuestion
-from psm_repro.em.judge import Judgement
 from psm_repro.core.finder import item_activations
 from psm_repro.core.hooked import HookedModel
 from psm_repro.core.memory import rows_that_fit
 from psm_repro.core.steering import Intervention, generate, steer
+from psm_repro.em.data import EMData, EvalQuestion
+from psm_repro.em.judge import Judgement
 
 logger = logging.getLogger(__name__)
 

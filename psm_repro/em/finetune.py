@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from psm_repro.core.chat import encode_chat, encode_prompt
 from psm_repro.config import EMConfig
+from psm_repro.core.chat import encode_chat, encode_prompt
 from psm_repro.core.hooked import HookedModel
 
 logger = logging.getLogger(__name__)

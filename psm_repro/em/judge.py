@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.em.data import EMData, EvalQuestion
 from psm_repro.judges.judge import FOLDS, Labelled
 from psm_repro.judges.validation import auroc
-from psm_repro.core.paths import PROJECT_ROOT
 
 LABELLED_DIR = PROJECT_ROOT / "experiments" / "em" / "labelled"
 TRAIT = "misaligned"

@@ -20,19 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from psm_repro.em import chain as em
-from psm_repro.core.chat import encode_chat
 from psm_repro.config import RunConfig
-from psm_repro.em.data import resolve_em
-from psm_repro.em.judge import LLMEMJudge, em_validity, offline_judge, reader_vs_judge
+from psm_repro.core.chat import encode_chat
 from psm_repro.core.finder import encode_persona, find_features, item_activations
-from psm_repro.em.finetune import finetune
 from psm_repro.core.loading import load_model, load_sae, sae_first_position, sae_prepend_bos
-from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.outputs import claim_run_dir, manifest, write_csv, write_json, write_jsonl, write_text
+from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.personas import resolve_persona
 from psm_repro.core.stats import paired_effect
 from psm_repro.core.steering import Intervention
+from psm_repro.em import chain as em
+from psm_repro.em.data import resolve_em
+from psm_repro.em.finetune import finetune
+from psm_repro.em.judge import LLMEMJudge, em_validity, offline_judge, reader_vs_judge
 from psm_repro.pipeline.sweep import closest_latent
 
 DIFF_COLUMNS = ["rank", "feature", "rise_vs_control", "rise_vs_base", "effect", "p", "toxic_narrative_effect",

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from psm_repro.config import RunConfig
-from psm_repro.judges.judge import Encoder, ReferenceLM, load_labelled
-from psm_repro.judges.validation import (COLUMNS, Validity, judge_for_run, llm_scores, out_of_fold, pooled, render,
-                                        shipped_personas, validity)
-from psm_repro.judges.llm_judge import judge_from_config
-from psm_repro.core.paths import project_path
 from psm_repro.core.outputs import RunDirError, claim_run_dir, read_jsonl, write_csv, write_jsonl, write_text
+from psm_repro.core.paths import project_path
 from psm_repro.core.personas import resolve_persona
+from psm_repro.judges.judge import Encoder, ReferenceLM, load_labelled
+from psm_repro.judges.llm_judge import judge_from_config
+from psm_repro.judges.validation import (COLUMNS, Validity, judge_for_run, llm_scores, out_of_fold, pooled, render,
+                                         shipped_personas, validity)
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from psm_repro.judges.judge import FOLDS, VALID_AUROC, Encoder, Labelled, PersonaJudge, ReferenceLM, Scores, word_salad
 from psm_repro.core.personas import Persona
+from psm_repro.judges.judge import FOLDS, VALID_AUROC, Encoder, Labelled, PersonaJudge, ReferenceLM, Scores, word_salad
 
 logger = logging.getLogger(__name__)
 
@@ -161,8 +161,8 @@ def judge_for_run(persona: Persona, sets_dir, seed: int, folds: int = FOLDS, bac
     Returns (score(prompts, replies) -> Scores, Validity). A persona without labelled replies gets a judge
     fitted on its written examples and a validity of NaN, which reads "judge not valid" everywhere.
     """
-    from psm_repro.judges.judge import load_labelled
     from psm_repro.core.paths import project_path
+    from psm_repro.judges.judge import load_labelled
 
     labelled = load_labelled(project_path(sets_dir))
     own = labelled.subset(np.array([p == persona.name for p in labelled.persona], dtype=bool))

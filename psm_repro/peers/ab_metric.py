@@ -23,8 +23,8 @@ import torch
 
 from psm_repro.core.chat import encode_prompt, text_ids
 from psm_repro.core.hooked import HookedModel, position_ids
-from psm_repro.peers.formats import LETTER, ABItem
 from psm_repro.core.steering import Intervention, steer
+from psm_repro.peers.formats import LETTER, ABItem
 
 logger = logging.getLogger(__name__)
 

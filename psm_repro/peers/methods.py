@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from psm_repro.core import stats
 from psm_repro.config import SteerConfig
+from psm_repro.core import stats
 
 METHOD_COLUMNS = ["rank", "method", "coefficient", "score", "score_ci_low", "score_ci_high", "trait_score",
                   "coherence_score", "diff_vs_sae_latent", "diff_ci_low", "diff_ci_high", "p_vs_sae_latent",

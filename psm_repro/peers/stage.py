@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from psm_repro.config import RunConfig
-from psm_repro.peers.vectors import Extraction, PeerVector, caa_vector, persona_vector, sample_extraction
 from psm_repro.core.personas import MIN_PAIRS, PAIRS_WHY, Judge, Persona
+from psm_repro.peers.vectors import Extraction, PeerVector, caa_vector, persona_vector, sample_extraction
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +85,9 @@ def build(model, sae, persona: Persona, ex: Extraction | None, score, cfg: RunCo
 def crossfit_scores(persona: Persona, ex: Extraction, cfg: RunConfig, ref_model=None) -> dict:
     """Judge scores of an imported file's extraction replies, each from a judge fitted on the replies to the
     other half of the questions (its written examples are those replies: pos = trait, neg = neutral)."""
+    from psm_repro.core.paths import project_path
     from psm_repro.judges.judge import Encoder, PersonaJudge, ReferenceLM, load_labelled
     from psm_repro.judges.validation import shipped_personas
-    from psm_repro.core.paths import project_path
 
     labelled = load_labelled(project_path(cfg.judge.sets_dir))
     others = [p for p in shipped_personas() if p.name != persona.name]

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from psm_repro.core.chat import Encoded, encode_chat, encode_prompt
 from psm_repro.config import PeersConfig
+from psm_repro.core.chat import Encoded, encode_chat, encode_prompt
 from psm_repro.core.finder import item_activations
-from psm_repro.peers.formats import ABItem, Peers
 from psm_repro.core.sampling import Sampling, cached_replies
+from psm_repro.peers.formats import ABItem, Peers
 
 logger = logging.getLogger(__name__)
 EXTRACTION_SEED_OFFSET = 104729

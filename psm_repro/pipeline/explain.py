@@ -7,9 +7,6 @@ import logging
 import time
 from pathlib import Path
 
-from psm_repro.report import dashboard_pages
-
-from psm_repro.report import dashboards
 from psm_repro.config import RunConfig
 from psm_repro.config.sections import check_latent_index
 from psm_repro.core.feature_cache import FeatureCache, check_reference, load_or_scan
@@ -18,6 +15,7 @@ from psm_repro.core.loading import load_model, load_sae, sae_facts_on_disk, sae_
 from psm_repro.core.outputs import claim_run_dir, write_text
 from psm_repro.core.personas import Persona, resolve_persona
 from psm_repro.pipeline.streetlight import streetlight
+from psm_repro.report import dashboard_pages, dashboards
 
 logger = logging.getLogger(__name__)
 

@@ -9,27 +9,26 @@ from pathlib import Path
 
 import torch
 
-from psm_repro.peers import stage as peer_stage
-
-from psm_repro.report import card as report
-from psm_repro.peers.ab_metric import AB_COLUMNS
-from psm_repro.core.chat import ChatEncodingError, chat_format, encode_chat, encode_prompt
 from psm_repro.config import RunConfig
 from psm_repro.config.sections import check_latent_index
-from psm_repro.pipeline.explain import COLUMNS as EXPLAIN_COLUMNS, annotate_run
+from psm_repro.core.chat import ChatEncodingError, chat_format, encode_chat, encode_prompt
+from psm_repro.core.embedded import cache_root
 from psm_repro.core.feature_cache import check_reference
 from psm_repro.core.finder import FEATURE_COLUMNS, check_persona_tokens, find_features
-from psm_repro.core.embedded import cache_root
-from psm_repro.judges.validation import judge_for_run
-from psm_repro.judges.llm_judge import judge_from_config
 from psm_repro.core.loading import load_model, load_sae, sae_facts_on_disk, sae_first_position
-from psm_repro.core.paths import PROJECT_ROOT, output_path, project_path
-from psm_repro.peers.methods import METHOD_COLUMNS
 from psm_repro.core.outputs import claim_run_dir, manifest, write_csv, write_json, write_jsonl, write_text
+from psm_repro.core.paths import PROJECT_ROOT, output_path, project_path
 from psm_repro.core.personas import resolve_persona
 from psm_repro.core.steering import Intervention, generate, steer, stop_ids
+from psm_repro.judges.llm_judge import judge_from_config
+from psm_repro.judges.validation import judge_for_run
+from psm_repro.peers import stage as peer_stage
+from psm_repro.peers.ab_metric import AB_COLUMNS
+from psm_repro.peers.methods import METHOD_COLUMNS
+from psm_repro.pipeline.explain import COLUMNS as EXPLAIN_COLUMNS, annotate_run
 from psm_repro.pipeline.situations import SITUATION_COLUMNS
 from psm_repro.pipeline.sweep import STEERING_COLUMNS, check_split, run_sweep, system_prompt
+from psm_repro.report import card as report
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
+from psm_repro.config import FinderConfig
 from psm_repro.core import stats
 from psm_repro.core.chat import Encoded, content_spans, encode_prompt, fold_system, is_transcript, supports_system
-from psm_repro.config import FinderConfig
 from psm_repro.core.finder import ItemActs, item_activations
 from psm_repro.core.personas import Persona
 from psm_repro.core.sampling import Sampling, cached_replies

@@ -18,8 +18,8 @@ import numpy as np
 
 from psm_repro.config import FinderConfig
 from psm_repro.core.finder import persona_activations, rank_latents
-from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.outputs import write_bytes
+from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.personas import Persona, load_persona
 
 logger = logging.getLogger(__name__)

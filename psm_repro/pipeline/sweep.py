@@ -23,21 +23,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from psm_repro.core import stats
-from psm_repro.peers.ab_metric import ab_table
-from psm_repro.core.behaviour import coherence_collapsed, distinct_n, perplexities, reply_logprobs, teacher_forced_rows
-from psm_repro.core.chat import encode_prompt
 from psm_repro.config import JudgeConfig, SteerConfig
 from psm_repro.config.sections import MIN_EVAL_ITEMS, SPLIT_WHY
+from psm_repro.core import stats
+from psm_repro.core.behaviour import coherence_collapsed, distinct_n, perplexities, reply_logprobs, teacher_forced_rows
+from psm_repro.core.chat import encode_prompt
 from psm_repro.core.finder import FinderResult
 from psm_repro.core.hooked import HookedModel
-from psm_repro.judges.judge import ReferenceLM
-from psm_repro.judges.validation import judge_for_run
-from psm_repro.judges.llm_judge import judge_from_config
 from psm_repro.core.memory import rows_that_fit
-from psm_repro.peers.methods import compare_methods
 from psm_repro.core.personas import Persona
 from psm_repro.core.steering import Intervention, generate, steer, steering_vector
+from psm_repro.judges.judge import ReferenceLM
+from psm_repro.judges.llm_judge import judge_from_config
+from psm_repro.judges.validation import judge_for_run
+from psm_repro.peers.ab_metric import ab_table
+from psm_repro.peers.methods import compare_methods
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import io
 import math
 from pathlib import Path
 
-from psm_repro.report.dashboards import Dashboard, hist_bins
 from psm_repro.core.outputs import write_bytes, write_text
+from psm_repro.report.dashboards import Dashboard, hist_bins
 
 SET_LABELS = {"narrative": "narrative trait", "narrative_neutral": "narrative neutral",
               "assistant": "assistant trait", "assistant_neutral": "assistant neutral"}

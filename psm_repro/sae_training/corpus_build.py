@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from psm_repro.sae_training import corpus
-from psm_repro.core.chat import text_ids, encode_prompt
 from psm_repro.config import CorpusConfig
-from psm_repro.sae_training.corpus_prompts import seed_prompts
+from psm_repro.core.chat import encode_prompt, text_ids
 from psm_repro.core.embedded import sha256_of
 from psm_repro.core.hooked import HookedModel
 from psm_repro.core.outputs import write_bytes, write_json
+from psm_repro.sae_training import corpus
+from psm_repro.sae_training.corpus_prompts import seed_prompts
 from psm_repro.sae_training.overlap import experiment_ngrams, shared
 
 logger = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from psm_repro.config import CorpusConfig, TrainSAEConfig
-from psm_repro.sae_training.corpus_build import FORMAT, SLICES, CorpusError, Doc, is_heldout, load_shard
 from psm_repro.core.embedded import sha256_of
+from psm_repro.sae_training.corpus_build import FORMAT, SLICES, CorpusError, Doc, is_heldout, load_shard
 
 
 @dataclass

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import dashboard_overrides, write_persona
 
 from psm_repro.cli import main
-from conftest import dashboard_overrides, write_persona
 
 ROOT = Path(__file__).parents[2]
 

@@ -5,15 +5,15 @@ Llama-3's headers, GPT-2 with no template at all."""
 
 import pytest
 import torch
+from conftest import save_tiny_sae, write_persona
+from families import FAMILIES, build_tokenizer as build_family_tokenizer
 
 from psm_repro.config import FinderConfig, ModelConfig, SAEConfig
+from psm_repro.core.chat import encode_prompt
 from psm_repro.core.finder import find_features
 from psm_repro.core.loading import load_model, load_sae
 from psm_repro.core.personas import load_persona
-from psm_repro.core.chat import encode_prompt
 from psm_repro.core.steering import Intervention, generate, steer
-from conftest import save_tiny_sae, write_persona
-from families import FAMILIES, build_tokenizer as build_family_tokenizer
 
 FAMILY_OF = {"llama": "llama31", "gemma2": "gemma2", "gemma3": "gemma2", "gpt2": "gpt2"}
 
@@ -109,8 +109,9 @@ def test_centred_writing_weights_equal_the_hf_residual_minus_its_mean(tmp_path):
 def test_sae_encode_centres_only_for_saes_that_ask(tmp_path):
     import json
 
-    from psm_repro.core.loading import sae_centers_input, sae_encode
     from sae_lens import SAE
+
+    from psm_repro.core.loading import sae_centers_input, sae_encode
 
     path = save_tiny_sae(tmp_path / "sae", 16, 32, "blocks.1.hook_resid_pre")
     plain = SAE.load_from_disk(str(path))

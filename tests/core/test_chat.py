@@ -81,6 +81,7 @@ def test_templates_without_a_system_role_get_it_folded_into_the_first_user_turn(
 
 def test_templates_with_a_system_role_keep_it(tmp_path):
     from conftest import build_tokenizer
+
     from psm_repro.core.chat import encode_prompt, fold_system, supports_system, system_role_handling
 
     tok = build_tokenizer(tmp_path)  # ChatML

@@ -41,8 +41,8 @@ def test_committed_sae_meets_the_dead_latent_target():
 
 def test_committed_weights_reconstruct_held_out_text_the_way_the_report_says(embedded):
     """The weights, not just the report: FVU and L0 on 16 held-out sequences read as in training."""
-    from psm_repro.sae_training import corpus
     from psm_repro.core.loading import sae_first_position, sae_prepend_bos
+    from psm_repro.sae_training import corpus
 
     model, sae = embedded
     assert sae_prepend_bos(sae) and sae_first_position(sae) == 2

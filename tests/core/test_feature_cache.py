@@ -5,16 +5,13 @@ import logging
 
 import pytest
 import torch
+from conftest import save_tiny_sae, write_reference
 
-from psm_repro.report import dashboard_pages
-
-from psm_repro.report import dashboards
-
-from psm_repro.core import feature_cache
 from psm_repro.config import DashboardConfig, SAEConfig
+from psm_repro.core import feature_cache
 from psm_repro.core.feature_cache import ReferenceError, load_or_scan, reference_sequences
 from psm_repro.core.loading import load_sae, sae_encode
-from conftest import save_tiny_sae, write_reference
+from psm_repro.report import dashboard_pages, dashboards
 
 HOOK = "blocks.1.hook_resid_post"
 PLANTED = 0
@@ -135,14 +132,3 @@ def test_the_cache_is_reused_and_rebuilt_when_stale_or_corrupt(tiny_model, plant
 def test_a_missing_reference_corpus_is_one_line_naming_it(tiny_model, tmp_path):
     with pytest.raises(ReferenceError, match="dashboard.reference: .*nowhere"):
         reference_sequences(_cfg(tmp_path / "nowhere", tmp_path), tiny_model.tokenizer, prepend_bos=True)
-
-
-def test_logit_effects_put_a_tokens_own_unembedding_first(tiny_model, tmp_path):
-    w_U = tiny_model.model.get_output_embeddings().weight.detach()
-    ids = tiny_model.tokenizer.convert_tokens_to_ids(["zorblax", "garden"])
-    dec = torch.randn(8, 64)
-    dec[0], dec[1] = w_U[ids[0]], -w_U[ids[1]]
-    sae = load_sae(SAEConfig(name="d", path=str(save_tiny_sae(tmp_path / "d", 64, 8, HOOK, W_dec=dec))), tiny_model)
-    (up0, _), (_, down1) = dashboards.logit_effects(tiny_model, sae, [0, 1], n=3)
-    assert up0[0][0] == "zorblax" and down1[0][0] == "garden"
-    assert up0[0][1] > up0[1][1] > up0[2][1] and down1[0][1] < down1[1][1]

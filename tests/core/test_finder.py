@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_sae, write_persona
 from scipy import stats as sps
 
 from psm_repro.config import FinderConfig, SAEConfig
@@ -10,7 +11,6 @@ from psm_repro.core import finder
 from psm_repro.core.finder import SETS, ItemActs, encode_persona, find_features, item_activations, rank_latents
 from psm_repro.core.loading import load_sae
 from psm_repro.core.personas import load_persona
-from conftest import save_tiny_sae, write_persona
 
 HOOK = "blocks.0.hook_resid_post"
 PLANTED = 0

@@ -4,8 +4,8 @@ import types
 
 import torch
 
-from psm_repro.core import memory
 from psm_repro.config import ModelConfig, SAEConfig
+from psm_repro.core import memory
 from psm_repro.core.loading import load_sae
 
 

@@ -2,9 +2,9 @@ import re
 
 import pytest
 import yaml
+from conftest import write_persona
 
 from psm_repro.core.personas import PERSONA_DIR, Judge, Persona, PersonaError, load_persona, resolve_persona
-from conftest import write_persona
 
 SHIPPED = sorted(PERSONA_DIR.glob("*.yaml"))
 TRAITS = {"inner_conflict", "secrecy", "panic", "sycophancy", "sarcasm", "toxic_persona", "ai_entity"}

@@ -109,9 +109,10 @@ def test_bad_mode_and_positions_are_rejected(tiny_model, tiny_sae):
 
 def _geometry_sae(tmp_path, tiny_model, **cfg):
     """An SAE whose decoder rows have norms 0.5..2.5, so W_dec[f] and the SAE's own geometry differ."""
+    from conftest import save_tiny_sae
+
     from psm_repro.config import SAEConfig
     from psm_repro.core.loading import load_sae
-    from conftest import save_tiny_sae
 
     torch.manual_seed(3)
     dec = torch.randn(128, 64)

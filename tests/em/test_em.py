@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import write_persona
 from scipy import stats as sps
 
 from psm_repro.cli import main
 from psm_repro.config import EMConfig, ModelConfig
-from psm_repro.em.chain import diff_latents
-from psm_repro.em.data import load_em, resolve_em
-from psm_repro.em.finetune import finetune, tokenize_chats
 from psm_repro.core.behaviour import reply_logprobs, teacher_forced_rows
 from psm_repro.core.loading import load_model
 from psm_repro.core.personas import PersonaError
-from conftest import write_persona
+from psm_repro.em.chain import diff_latents
+from psm_repro.em.data import load_em, resolve_em
+from psm_repro.em.finetune import finetune, tokenize_chats
 
 
 def _em_doc(n: int = 8) -> dict:

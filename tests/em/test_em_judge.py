@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
+from psm_repro.core.personas import PersonaError
+from psm_repro.core.stats import ratio_difference
 from psm_repro.em.data import DomainTerms, load_betley, resolve_em
 from psm_repro.em.judge import (LABELLED_DIR, EMLabelled, Judgement, LLMEMJudge, em_validity, load_em_labelled,
                                 offline_judge)
 from psm_repro.judges.judge import Labelled
-from psm_repro.core.personas import PersonaError
-from psm_repro.core.stats import ratio_difference
 
 EXAMPLE = Path(__file__).parents[1] / "data" / "betley_format_example.yaml"
 FINANCE = resolve_em("risky_finance").domain_terms

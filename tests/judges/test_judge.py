@@ -9,8 +9,8 @@ from scipy.stats import mannwhitneyu
 
 from psm_repro.cli import main
 from psm_repro.judges.judge import Labelled, Scores, load_labelled, surface_features, word_salad
-from psm_repro.judges.validation import auroc, validity
 from psm_repro.judges.judging import JudgeInputError, read_replies
+from psm_repro.judges.validation import auroc, validity
 
 
 def _write(path, lines):
@@ -136,9 +136,9 @@ def test_committed_judge_validity_meets_the_targets_and_reproduces():
     from the shipped labels (out of fold, same seed) to the same numbers."""
     import csv
 
+    from psm_repro.core.paths import PROJECT_ROOT
     from psm_repro.judges.judge import Encoder, ReferenceLM, load_labelled
     from psm_repro.judges.validation import out_of_fold, shipped_personas
-    from psm_repro.core.paths import PROJECT_ROOT
 
     with open(PROJECT_ROOT / "results" / "judge_validation" / "validity.csv") as fh:
         rows = {r["persona"]: r for r in csv.DictReader(fh)}
@@ -186,9 +186,9 @@ def _oracle_server(answer):
 def test_llm_judge_reports_its_own_validity_on_the_labelled_replies(tmp_path, oracle, valid):
     """steer.judge=llm is validated on the same labels: a grader that agrees with the readers is valid, one that
     answers 50 to everything is not (and reads "judge not valid")."""
-    from psm_repro.judges.validation import judge_for_run, shipped_personas
-    from psm_repro.judges.llm_judge import LLMJudge
     from psm_repro.core.paths import PROJECT_ROOT
+    from psm_repro.judges.llm_judge import LLMJudge
+    from psm_repro.judges.validation import judge_for_run, shipped_personas
 
     lab = load_labelled(PROJECT_ROOT / "experiments" / "judge_sets")
     truth = {(r, ) : (int(t), int(c)) for p, r, t, c in zip(lab.persona, lab.reply, lab.trait, lab.coherent)

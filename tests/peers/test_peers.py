@@ -8,16 +8,16 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from conftest import WORDS, sentence
-from psm_repro.peers.ab_metric import answer_ids, answer_logprobs, p_matching
-from psm_repro.core.chat import encode_prompt, text_ids
+
 from psm_repro.config import PeersConfig, SteerConfig
-from psm_repro.peers.methods import compare_methods
-from psm_repro.peers.formats import ABItem, PeerFormatError, detect_format, read_ab, read_trait
-from psm_repro.peers.vectors import Extraction, caa_vector, kept_pairs, persona_vector
+from psm_repro.core.chat import encode_prompt, text_ids
 from psm_repro.core.personas import PersonaError, load_persona, resolve_persona
 from psm_repro.core.steering import Intervention
+from psm_repro.peers.ab_metric import answer_ids, answer_logprobs, p_matching
+from psm_repro.peers.formats import ABItem, PeerFormatError, detect_format, read_ab, read_trait
+from psm_repro.peers.methods import compare_methods
+from psm_repro.peers.vectors import Extraction, caa_vector, kept_pairs, persona_vector
 
 DATA = __import__("pathlib").Path(__file__).parents[1] / "data" / "peers"
 LAYER = 2  # the tiny SAE reads blocks.2.hook_resid_post: HF hidden_states[3], the output of layers[2]
@@ -101,9 +101,10 @@ def test_free_text_answers_are_accepted(tmp_path):
 
 
 def test_a_native_persona_combines_its_sets_with_peer_files(tmp_path):
-    from conftest import write_persona
     import shutil
+
     import yaml
+    from conftest import write_persona
 
     path = write_persona(tmp_path)
     shutil.copy(DATA / "evil.json", tmp_path / "evil.json")
@@ -335,6 +336,7 @@ def tiny_run(tiny_model_dir, tiny_sae_dir, reference_dir, tmp_path):
 
 def test_a_persona_vectors_trait_file_runs_and_gets_a_card(tiny_run, tmp_path):
     import csv
+
     from psm_repro.cli import main
 
     trait = _tiny_trait(tmp_path / "evil.json")
@@ -355,8 +357,10 @@ def test_a_persona_vectors_trait_file_runs_and_gets_a_card(tiny_run, tmp_path):
 
 def test_a_native_persona_with_peers_gets_the_ab_metric_for_every_method(tiny_run, tmp_path):
     import csv
+
     import yaml
     from conftest import write_persona
+
     from psm_repro.cli import main
 
     path = write_persona(tmp_path)
@@ -402,28 +406,3 @@ def test_a_broken_trait_file_fails_in_one_line_before_the_model_loads(tiny_run, 
     assert main(["run", *args, f"persona_file={bad}", f"hydra.run.dir={tmp_path / 'r'}"]) == 1
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert len(err) == 1 and "evil.json: instruction[0]: missing field 'neg'" in err[0]
-
-
-def test_tables_aggregate_mean_rank_and_wins_against_the_latent():
-    from psm_repro.report.tables import methods_sections
-
-    def card(latent, vector, vector_low, ab):
-        rows = [{"method": "sae_latent", "score": latent, "diff_vs_sae_latent": 0.0, "diff_ci_low": 0.0,
-                 "ab_p_matching": 0.5},
-                {"method": "persona_vector", "score": vector, "diff_vs_sae_latent": vector - latent,
-                 "diff_ci_low": vector_low, "ab_p_matching": ab}]
-        rows.sort(key=lambda r: -r["score"])
-        for rank, r in enumerate(rows, start=1):
-            r["rank"] = rank
-        return {"steering": {"methods": rows}}
-
-    lines = methods_sections([("a", card(0.3, 0.5, 0.1, 0.6)), ("b", card(0.4, 0.45, -0.1, 0.7)),
-                              ("c", card(0.4, 0.2, -0.3, float("nan"))), ("d", card(0.4, 0.4, -0.2, 0.5)),
-                              ("imported", card(0.1, 0.9, 0.5, 0.9) | {"finder": {"assistant_only": True}})])
-    text = "\n".join(lines)
-    # persona vector: ranks 1, 1, 2, 2 -> 1.50; higher than the latent on 2 of 4 cards (a tie is no win),
-    # interval above 0 on 1; A/B over the cards that have it: (0.6 + 0.7 + 0.5) / 3
-    assert "| persona vector | 4 | 1.50 | 2/4 (1) | 0.600 |" in text
-    assert "| SAE latent | 4 | 1.50 | - | 0.500 |" in text
-    assert "| [a](a/summary.md) | 0.300 (2) | 0.500 (1) |" in text
-    assert "| [imported](imported/summary.md) | 0.100 (2) | 0.900 (1) |" in text  # listed, not aggregated

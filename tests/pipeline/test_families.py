@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
-
-from psm_repro.cli import main
-from psm_repro.core.chat import cut_made_up_turn, encode_chat, encode_prompt
-from psm_repro.config import ModelConfig
-from psm_repro.core.loading import load_model
-from psm_repro.core.steering import generate, stop_ids
 from conftest import dashboard_overrides, save_tiny_sae, write_persona, write_reference
 from families import FAMILIES, build_family_model
+
+from psm_repro.cli import main
+from psm_repro.config import ModelConfig
+from psm_repro.core.chat import cut_made_up_turn, encode_chat, encode_prompt
+from psm_repro.core.loading import load_model
+from psm_repro.core.steering import generate, stop_ids
 
 SHIPPED_EXPERIMENT = {"gemma2": "steer_secrecy", "llama31": "steer_panic", "gpt2": "steer_toxic_persona",
                       "chatml": "steer_sycophancy"}

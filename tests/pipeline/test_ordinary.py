@@ -4,13 +4,13 @@ hand-computed contrasts and the density-matched baseline."""
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_sae
+from families import FAMILIES, build_tokenizer
 
 from psm_repro.config import SAEConfig
 from psm_repro.core.loading import load_sae
-from psm_repro.pipeline.ordinary import OrdinaryItem, chat_roles, load_items, ordinary_check, pick_latents, summarise
 from psm_repro.core.personas import PersonaError, load_persona
-from conftest import save_tiny_sae
-from families import FAMILIES, build_tokenizer
+from psm_repro.pipeline.ordinary import OrdinaryItem, chat_roles, load_items, ordinary_check, pick_latents, summarise
 
 ITEM = OrdinaryItem("cooking", "the garden ?", "she kept the book", "she kept the book")
 

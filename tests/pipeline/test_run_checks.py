@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 import yaml
+from conftest import write_persona
 
 from psm_repro.cli import main
 from psm_repro.pipeline import jobs
-from conftest import write_persona
 
 
 def _never(*args, **kwargs):

@@ -10,17 +10,16 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import SITUATION_MARKER, plant_token_sae, write_persona
 from scipy import stats as sps
 
-from psm_repro.core import sampling
-
-from psm_repro.pipeline import situations
 from psm_repro.config import FinderConfig, SAEConfig
+from psm_repro.core import sampling
 from psm_repro.core.finder import encode_persona, find_features
 from psm_repro.core.loading import load_sae
 from psm_repro.core.personas import load_persona
+from psm_repro.pipeline import situations
 from psm_repro.pipeline.specificity import specificity
-from conftest import SITUATION_MARKER, plant_token_sae, write_persona
 
 HOOK = "blocks.0.hook_resid_post"
 SCRIPTED, SITUATION = 0, 1

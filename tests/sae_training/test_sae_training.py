@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from psm_repro.config import CorpusConfig, SAEConfig, TrainSAEConfig
-from psm_repro.sae_training.corpus_build import CorpusError, Doc, build
 from psm_repro.core.loading import load_sae
+from psm_repro.sae_training import train as sae_training
+from psm_repro.sae_training.corpus_build import CorpusError, Doc, build
 from psm_repro.sae_training.data import Corpus, load_corpus, sequences, training_sequences
 from psm_repro.sae_training.evaluate import FIRST_POSITION, evaluate
-from psm_repro.sae_training import train as sae_training
 from tests.conftest import WORDS
 
 rng = random.Random(0)
@@ -185,8 +185,8 @@ def test_a_bad_corpus_fails_in_one_line_before_the_model_loads(corpus_dir, tmp_p
                                                                breakage, message):
     import shutil
 
-    from psm_repro.pipeline import jobs as pipeline
     from psm_repro.cli import main
+    from psm_repro.pipeline import jobs as pipeline
 
     target = tmp_path / "c"
     if breakage != "missing":
