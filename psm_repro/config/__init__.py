@@ -55,16 +55,20 @@ class RunConfig:
     def _check_label(self) -> None:
         """The run directory and the card are named by `experiment_name`: it may not name a shipped persona other
         than the one that runs (`run experiment=steer_secrecy persona=panic` would file panic under secrecy)."""
-        if self.command not in PERSONA_COMMANDS:  # finetune runs `em.persona`, validate-judge `judge.personas`
+        if self.command == "finetune":  # the EM chain runs `em.persona`
+            file, name, prefix = self.em.persona_file, self.em.persona, "em."
+        elif self.command in PERSONA_COMMANDS:
+            file, name, prefix = self.persona_file, self.persona, ""
+        else:  # validate-judge runs `judge.personas`; the rest run no persona
             return
-        runs = Path(self.persona_file).stem if self.persona_file else self.persona
-        if self.persona_file and self.experiment_name == f"{self.command}_{self.persona}":
-            # configs/config.yaml's default label names `persona`, which persona_file replaces: name the file's
+        runs = Path(file).stem if file else name
+        if runs != self.persona and self.experiment_name == f"{self.command}_{self.persona}":
+            # configs/config.yaml's default label names `persona`, which persona_file (or em.persona) replaces
             self.experiment_name = f"{self.command}_{runs}"
         named = [p for p in shipped_persona_names()
                  if re.search(rf"(?:^|_){re.escape(p)}(?:_|$)", self.experiment_name)]
         if named and runs not in named:
-            given = f"persona_file={self.persona_file}" if self.persona_file else f"persona={self.persona}"
+            given = f"{prefix}persona_file={file}" if file else f"{prefix}persona={name}"
             fixed = re.sub(rf"(?:^|(?<=_)){re.escape(named[0])}(?=_|$)", runs, self.experiment_name, count=1)
             raise ConfigError(f"experiment_name={self.experiment_name}: names persona {named[0]} but {given} runs "
                               f"{runs}; set experiment_name too (e.g. experiment_name={fixed})")

@@ -170,6 +170,16 @@ def test_every_committed_run_and_make_target_keeps_a_legal_label():
     assert compose("find", ["persona=panic"])[0].experiment_name == "find_panic"
 
 
+def test_finetune_is_labelled_by_the_persona_the_em_chain_runs():
+    cfg, run_dir = compose("finetune", [])
+    assert cfg.em.persona == "toxic_persona" and cfg.experiment_name == "finetune_toxic_persona"
+    assert run_dir.parts[:2] == ("runs", "finetune_toxic_persona")
+    assert compose("finetune", ["experiment=em_risky_finance"])[0].experiment_name == "em_risky_finance"
+    with pytest.raises(Exception, match=r"experiment_name=em_secrecy: names persona secrecy but "
+                                         r"em.persona=toxic_persona runs toxic_persona"):
+        compose("finetune", ["experiment_name=em_secrecy"])
+
+
 def test_a_persona_file_run_is_labelled_by_the_file_not_the_default_persona():
     cfg, run_dir = compose("find", ["persona_file=experiments/personas/peers/panic.json"])
     assert cfg.experiment_name == "find_panic"  # configs/config.yaml's ${command}_${persona} would say find_secrecy
