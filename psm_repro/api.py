@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from psm_repro.config import ConfigError, FinderConfig, RunConfig
-from psm_repro.config.sections import check_latent_index
+from psm_repro.config.sections import check_latent_index, check_seed
 from psm_repro.core.chat import encode_prompt
 from psm_repro.core.finder import FEATURE_COLUMNS, FinderResult, find_features
 from psm_repro.core.hooked import HookedModel
@@ -139,12 +140,10 @@ def find(model: HookedModel, sae, persona: Persona | str, seed: int = 0, **finde
     narrative / assistant contrast (or, with `rank_by="narrative_situation"`, the narrative / situation one), with
     the finder's controls. Keyword arguments are `finder.*` options."""
     cfg = _finder_config(finder)
-    RunConfig(seed=seed)  # the seed's range check
+    check_seed("seed", seed)
     p = _persona(persona)
     situation = None
     if cfg.rank_by == "narrative_situation":  # the assistant in the situation, read as `run` reads it
-        from pathlib import Path
-
         from psm_repro.core.embedded import cache_root
         from psm_repro.core.loading import sae_first_position
         from psm_repro.pipeline.situations import read_situations

@@ -110,6 +110,7 @@ def test_a_latent_applies_as_a_context_manager_at_its_max_activation_and_removes
     (lambda m, s: pr.steer_text(m, s, 0, "hi", max_new_tokens=0), "max_new_tokens: must be positive"),
     (lambda m, s: pr.steer_text(m, s, 0, "hi", mode="boost"), "steer.mode: unknown mode 'boost'"),
     (lambda m, s: pr.find(m, s, "no_such_persona"), "persona=no_such_persona: no file"),
+    (lambda m, s: pr.find(m, s, "secrecy", seed=-1), "seed: must be in [0, 2**32)"),
 ])
 def test_bad_arguments_fail_in_one_line_naming_the_argument(loaded, call, needle):
     with pytest.raises((pr.ConfigError, pr.PersonaError, ValueError)) as err:
