@@ -19,12 +19,11 @@ import torch
 
 from psm_repro.config import ConfigError, FinderConfig, RunConfig
 from psm_repro.config.sections import check_latent_index, check_seed
-from psm_repro.core.chat import encode_prompt
 from psm_repro.core.finder import FEATURE_COLUMNS, FinderResult, find_features
 from psm_repro.core.hooked import HookedModel
 from psm_repro.core.loading import load_model, load_sae
 from psm_repro.core.personas import Persona, resolve_persona
-from psm_repro.core.steering import Intervention, generate, steer
+from psm_repro.core.steering import Intervention, reply, steer
 
 DEFAULT_MODEL = "smollm2_135m_it"
 DEFAULT_SAE = "smollm2_135m_l15_topk_v2"
@@ -186,7 +185,4 @@ def steer_text(model: HookedModel, sae, latent: Latent | int, prompt: str, coeff
     if scale is None:
         scale = latent.max_activation if isinstance(latent, Latent) else 1.0
     iv = Intervention(mode=mode, feature=index, scale=float(scale))
-    ids = [encode_prompt(model.tokenizer, [{"role": "user", "content": prompt}])]
-    with steer(model, sae, [iv], torch.tensor([float(coefficient)]), positions=positions, prompt_width=len(ids[0])):
-        out, _ = generate(model, ids, max_new_tokens, temperature, seed)
-    return model.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+    return reply(model, sae, prompt, [iv], coefficient, max_new_tokens, temperature, seed, positions)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from psm_repro.core.chat import TRANSCRIPT_STOPS, cut_made_up_turn, is_transcript
+from psm_repro.core.chat import TRANSCRIPT_STOPS, cut_made_up_turn, encode_prompt, is_transcript
 from psm_repro.core.hooked import CallInfo, HookedModel
 from psm_repro.core.loading import sae_encode, sae_hook_name
 
@@ -235,3 +235,16 @@ class NucleusWarper:
         keep[:, 0] = True
         drop = torch.ones_like(scores, dtype=torch.bool).scatter(-1, idx, ~keep)
         return scores.masked_fill(drop, float("-inf"))
+
+
+def reply(model: HookedModel, sae, prompt: str, interventions: list[Intervention], coefficient: float,
+          max_new_tokens: int, temperature: float, seed: int, positions: str = "all",
+          steer_special: bool = False) -> str:
+    """The model's reply to one user prompt with `interventions` at `coefficient` (none: unsteered), decoded."""
+    ids = [encode_prompt(model.tokenizer, [{"role": "user", "content": prompt}])]
+    with contextlib.ExitStack() as stack:
+        if interventions:
+            stack.enter_context(steer(model, sae, interventions, torch.tensor([float(coefficient)]),
+                                      positions=positions, prompt_width=len(ids[0]), steer_special=steer_special))
+        out, _ = generate(model, ids, max_new_tokens, temperature, seed)
+    return model.tokenizer.decode(out[0], skip_special_tokens=True).strip()

@@ -19,7 +19,7 @@ from psm_repro.core.loading import load_model, load_sae, sae_facts_on_disk, sae_
 from psm_repro.core.outputs import claim_run_dir, manifest, write_csv, write_json, write_jsonl, write_text
 from psm_repro.core.paths import PROJECT_ROOT, output_path, project_path
 from psm_repro.core.personas import resolve_persona
-from psm_repro.core.steering import Intervention, generate, steer, stop_ids
+from psm_repro.core.steering import Intervention, reply, stop_ids
 from psm_repro.judges.llm_judge import judge_from_config
 from psm_repro.judges.validation import judge_for_run
 from psm_repro.peers import stage as peer_stage
@@ -194,15 +194,11 @@ def steer_once(cfg: RunConfig) -> tuple[str, str, int, str]:
         found = find_features(model, sae, persona, cfg.finder, cfg.seed)
         feature = found.summary["top_feature"] if feature is None else feature
         scale = float(found.max_activation_F[feature])
-    ids = [encode_prompt(model.tokenizer, [{"role": "user", "content": cfg.steer.prompt}])]
     coef = max(cfg.steer.coefficients, key=abs)
     iv = Intervention(mode=cfg.steer.mode, feature=feature, scale=scale)
-    plain, _ = generate(model, ids, cfg.steer.max_new_tokens, cfg.steer.temperature, cfg.seed)
-    with steer(model, sae, [iv], torch.tensor([coef]), positions=cfg.steer.positions,
-               prompt_width=len(ids[0]), steer_special=cfg.steer.steer_special):
-        steered, _ = generate(model, ids, cfg.steer.max_new_tokens, cfg.steer.temperature, cfg.seed)
-    out = [plain[0], steered[0]]
-    texts = [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
+    s = cfg.steer
+    texts = [reply(model, sae, s.prompt, ivs, coef, s.max_new_tokens, s.temperature, cfg.seed, s.positions,
+                   s.steer_special) for ivs in ([], [iv])]
     np_id = _neuronpedia_id(cfg, sae)
     return texts[0], texts[1], feature, f"https://www.neuronpedia.org/{np_id}/{feature}" if np_id else ""
 
