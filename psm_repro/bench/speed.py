@@ -174,11 +174,11 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
             "sae_training_vs_scan": training["train"]["median"] / training["finder_scan"]["median"],
         },
     }
-    if cfg.model.source == "embedded":
+    if cfg.model.is_judge_reference:
         result["cold_load_s"] = _cold_load_seconds()
     if cfg.dashboard.enabled:
         result["feature_cache"] = _feature_cache_scan(model, sae, cfg)
-    result["situation_cost"] = _situation_cost(cfg) if cfg.model.source == "embedded" else {
+    result["situation_cost"] = _situation_cost(cfg) if cfg.model.is_judge_reference else {
         "skipped": "measured on the embedded default"}
     if b.end_to_end:
         result["end_to_end"] = _end_to_end(out_dir)
@@ -237,7 +237,7 @@ if sys.argv[1] == "psm_repro":
     load = lambda: load_model(cfg)
 else:
     from psm_repro.core.embedded import ensure_dequantized
-    where = str(ensure_dequantized())
+    where = str(ensure_dequantized(json.loads(sys.argv[2])["embedded"]))
     load = lambda: (AutoTokenizer.from_pretrained(where), AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32))
 t1 = time.perf_counter()
 load()

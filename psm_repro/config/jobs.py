@@ -30,6 +30,10 @@ class CorpusConfig:
     """Shakespeare works held out (both editions)."""
     overlap_ngram: int = 12
     """A generated document sharing a word n-gram this long with any file under experiments/ is dropped."""
+    retokenize: str | None = None
+    """A corpus built for another embedded model (e.g. corpus/smollm2_135m): each of its shards is decoded and
+    re-encoded for this model (chats in this model's chat format) instead of generated; prompts past its end are
+    written by this model (psm_repro/sae_training/corpus_retokenize.py)."""
 
     def __post_init__(self):
         _choice("corpus.generation_dtype", self.generation_dtype, ("float32", "bfloat16"))
@@ -47,6 +51,9 @@ class TrainSAEConfig:
     corpus: str = "corpus/smollm2_135m"
     """A directory written by `build-corpus` (manifest.json + shards)."""
     layer: int = 15
+    hook_name: str | None = None
+    """The hook the SAE reads (e.g. blocks.12.hook_resid_post, the site of Gemma Scope 2's SAEs); None: the HF
+    module path model.layers.<layer> (the same tensor as blocks.<layer>.hook_resid_post)."""
     d_sae: int = 4608
     k: int = 64
     context_size: int = 128
@@ -79,6 +86,12 @@ class TrainSAEConfig:
     """Seconds between checkpoints (the cache holds one; a killed run resumes from it)."""
     heldout_eval_sequences: int = 128
     """Held-out sequences per slice in the report (three full forward passes each)."""
+    target_fvu: float = 0.12
+    """The report's targets: FVU on the narrative and chat slices, CE loss recovered on every slice, dead latents
+    over all held-out tokens, file size (issue 14's for v2; issue 29's for Gemma 3 are stricter)."""
+    target_ce_recovered: float = 0.95
+    target_dead_fraction: float = 0.05
+    target_size_mb: float = 20.0
     out_dir: str = "saes/smollm2_135m_l15_topk_v2"
     """Where the SAE goes; an SAE already there is moved aside (`<dir>.replaced-<time>`), never overwritten."""
 

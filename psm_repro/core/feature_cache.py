@@ -129,9 +129,10 @@ def _corpus_documents(path: Path, split: str, tokenizer) -> list:
         return [d.ids for d in docs]
     from transformers import AutoTokenizer
 
-    from psm_repro.core.embedded import ensure_dequantized
+    from psm_repro.core.embedded import DEFAULT, ensure_dequantized
 
-    built_with = AutoTokenizer.from_pretrained(ensure_dequantized())
+    # the tokenizer of the model that built the corpus (corpora from before the manifest named it: the default)
+    built_with = AutoTokenizer.from_pretrained(ensure_dequantized(corpus.manifest.get("model") or DEFAULT))
     return [built_with.decode(d.ids, skip_special_tokens=True) for d in docs]
 
 

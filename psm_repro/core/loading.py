@@ -14,7 +14,7 @@ from psm_repro.config import ModelConfig, SAEConfig
 from psm_repro.core.chat import use_transcript
 from psm_repro.core.embedded import ensure_dequantized
 from psm_repro.core.hooked import HookedModel
-from psm_repro.core.paths import project_path
+from psm_repro.core.paths import PROJECT_ROOT, project_path
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,20 @@ def check_sae_fits(model: HookedModel, cfg: SAEConfig) -> None:
     """The SAE's width and hook against the model, from configs only (before any weights load)."""
     d_in, hook, _ = sae_facts_on_disk(cfg)
     if d_in is not None and d_in != model.d_model:
-        raise LoadError(f"SAE {cfg.name} has d_in={d_in} but model {model.name} has width {model.d_model}")
+        raise LoadError(f"SAE {cfg.name} has d_in={d_in} but model {model.name} has width {model.d_model}"
+                        + saes_for_hint(model.name))
     if hook and not model.has_hook(hook):
-        raise LoadError(f"SAE {cfg.name} reads hook {hook!r}, which model {model.name} does not have")
+        raise LoadError(f"SAE {cfg.name} reads hook {hook!r}, which model {model.name} does not have"
+                        + saes_for_hint(model.name))
+
+
+def saes_for_hint(model_name: str) -> str:
+    """"; SAE configs for this model: sae=..." from the shipped SAE configs' `for_models`, or ""."""
+    import yaml
+
+    names = sorted(p.stem for p in (PROJECT_ROOT / "configs" / "sae").glob("*.yaml")
+                   if model_name in ((yaml.safe_load(p.read_text()) or {}).get("for_models") or []))
+    return f"; SAE configs for {model_name}: " + ", ".join(f"sae={n}" for n in names) if names else ""
 
 
 def load_model(cfg: ModelConfig, before_weights: Callable[[object], None] | None = None,
@@ -82,7 +93,7 @@ def load_model(cfg: ModelConfig, before_weights: Callable[[object], None] | None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if cfg.source == "embedded":
-        where = str(ensure_dequantized())
+        where = str(ensure_dequantized(cfg.embedded))
     elif cfg.source == "hub":
         where = cfg.hf_id
     else:

@@ -57,7 +57,7 @@ def _judge(cfg: RunConfig, data, base):
         oof = judge([EvalQuestion("", q) for q in lab.rows.prompt], lab.rows.reply) if len(lab.rows.reply) else None
     else:
         # the probes read the embedded SmolLM2: reuse it when it is the model under test
-        offline, lab, oof = offline_judge(data, cfg.seed, ref_model=base if cfg.model.source == "embedded" else None)
+        offline, lab, oof = offline_judge(data, cfg.seed, ref_model=base if cfg.model.is_judge_reference else None)
 
         def judge(questions, replies):
             return offline([q.text for q in questions], replies)

@@ -49,6 +49,8 @@ class Labelled:
     trait: np.ndarray
     coherent: np.ndarray
     method: list[str] = field(default_factory=list)
+    model: list[str] = field(default_factory=list)
+    """The model that wrote each reply (its config name, e.g. smollm2_135m_it)."""
 
     @property
     def headline(self) -> np.ndarray:
@@ -57,18 +59,32 @@ class Labelled:
     def subset(self, mask: np.ndarray) -> Labelled:
         idx = np.where(mask)[0]
         return Labelled([self.persona[i] for i in idx], [self.prompt[i] for i in idx], [self.reply[i] for i in idx],
-                        self.trait[idx], self.coherent[idx], [self.method[i] for i in idx] if self.method else [])
+                        self.trait[idx], self.coherent[idx], [self.method[i] for i in idx] if self.method else [],
+                        [self.model[i] for i in idx] if self.model else [])
+
+    def of(self, persona: str | None = None, model: str | None = None) -> np.ndarray:
+        """Mask of the rows of `persona` and/or written by `model`."""
+        keep = np.ones(len(self.reply), dtype=bool)
+        if persona is not None:
+            keep &= np.array([p == persona for p in self.persona], dtype=bool)
+        if model is not None:
+            keep &= np.array([m == model for m in self.model], dtype=bool)
+        return keep
 
 
 def load_labelled(sets_dir: Path) -> Labelled:
     """Every labelled reply under `sets_dir` (rows without both labels are skipped: not yet read)."""
     from psm_repro.core.outputs import read_jsonl
 
-    rows = [r for path in sorted(Path(sets_dir).glob("*.jsonl")) for _, r in read_jsonl(path)
+    rows = [(path, n, r) for path in sorted(Path(sets_dir).glob("*.jsonl")) for n, r in read_jsonl(path)
             if r.get("trait") is not None and r.get("coherent") is not None]
+    missing = next(((path, n) for path, n, r in rows if not r.get("model")), None)
+    if missing:
+        raise ValueError(f"{missing[0]}:{missing[1]}: a labelled reply without 'model' (the model that wrote it)")
+    rows = [r for _, _, r in rows]
     return Labelled([r["persona"] for r in rows], [r["prompt"] for r in rows], [r["reply"] for r in rows],
                     np.array([int(r["trait"]) for r in rows]), np.array([int(r["coherent"]) for r in rows]),
-                    [r.get("method", "") for r in rows])
+                    [r.get("method", "") for r in rows], [r["model"] for r in rows])
 
 
 def word_salad(texts: list[str], seed: int, n: int) -> list[str]:

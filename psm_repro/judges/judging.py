@@ -14,7 +14,7 @@ from psm_repro.core.personas import resolve_persona
 from psm_repro.judges.judge import Encoder, ReferenceLM, load_labelled
 from psm_repro.judges.llm_judge import judge_from_config
 from psm_repro.judges.validation import (COLUMNS, Validity, judge_for_run, llm_scores, out_of_fold, pooled, render,
-                                         shipped_personas, validity)
+                                         shipped_personas, transfer, validity)
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ def judge_file(cfg: RunConfig) -> Validity:
     if persona.judge is None:
         raise JudgeInputError(f"{persona.path}: the persona has no 'eval.judge' section, which `judge` needs")
     score, valid = judge_for_run(persona, cfg.judge.sets_dir, cfg.seed, cfg.judge.folds, backend=cfg.steer.judge,
-                                 llm_judge=judge_from_config(cfg.steer) if cfg.steer.judge == "llm" else None)
+                                 llm_judge=judge_from_config(cfg.steer) if cfg.steer.judge == "llm" else None,
+                                 model=cfg.model.name)
     s = score([r["prompt"] for r in rows], [r["reply"] for r in rows])
     write_jsonl(out, [r | {"trait_score": float(a), "coherence_score": float(b), "score": float(a * b)}
                       for r, a, b in zip(rows, s.trait, s.coherence)])
@@ -78,24 +79,32 @@ def validate_judges(cfg: RunConfig, out_dir: Path) -> list[Validity]:
         out_dir = claim_run_dir(out_dir)
     except RunDirError as err:
         raise JudgeInputError(f"judge.out_dir: {out_dir} already holds a validity table; choose another") from err
-    rows, parts, scored = [], [], []
+    rows, scored = [], []
     encoder, ref = Encoder(), ReferenceLM()
-    for persona in [p for p in personas if p.name in wanted]:
-        others = [p for p in personas if p.name != persona.name]
-        if cfg.steer.judge == "llm":
-            own = labelled.subset(np.array([x == persona.name for x in labelled.persona], dtype=bool))
-            s, salad = llm_scores(own.prompt, own.reply, persona, judge_from_config(cfg.steer)), None
-        else:
-            own, s, salad = out_of_fold(persona, others, labelled, encoder, ref, cfg.seed, cfg.judge.folds)
-        v = validity(own, s, cfg.steer.judge, persona.name, salad)
-        logger.info("%s: AUROC headline %.3f (n=%d)", persona.name, v.auroc_headline, v.n)
-        rows.append(v)
-        parts.append((own, s))
-        scored += [{"persona": persona.name, "method": m, "prompt": p, "reply": r, "trait": int(t), "coherent": int(c),
-                    "trait_score": float(a), "coherence_score": float(b), "score": float(a * b)}
-                   for m, p, r, t, c, a, b in zip(own.method, own.prompt, own.reply, own.trait, own.coherent, s.trait,
-                                                  s.coherence)]
-    rows.append(pooled(parts, cfg.steer.judge))
+    for model in sorted(set(labelled.model)):  # validity is per model: a judge is only valid on text it was checked on
+        parts = []
+        for persona in [p for p in personas if p.name in wanted]:
+            others = [p for p in personas if p.name != persona.name]
+            if not labelled.of(persona=persona.name, model=model).any():
+                continue
+            if cfg.steer.judge == "llm":
+                own = labelled.subset(labelled.of(persona=persona.name, model=model))
+                s, salad = llm_scores(own.prompt, own.reply, persona, judge_from_config(cfg.steer)), None
+                moved = (float("nan"), "")
+            else:
+                own, s, salad = out_of_fold(persona, others, labelled, encoder, ref, cfg.seed, cfg.judge.folds, model)
+                moved = transfer(persona, others, labelled, encoder, ref, cfg.seed, model)
+            v = validity(own, s, cfg.steer.judge, persona.name, salad, model, moved)
+            logger.info("%s / %s: AUROC headline %.3f (n=%d)", model, persona.name, v.auroc_headline, v.n)
+            rows.append(v)
+            parts.append((own, s))
+            scored += [{"model": model, "persona": persona.name, "method": m, "prompt": p, "reply": r,
+                        "trait": int(t), "coherent": int(c), "trait_score": float(a), "coherence_score": float(b),
+                        "score": float(a * b)}
+                       for m, p, r, t, c, a, b in zip(own.method, own.prompt, own.reply, own.trait, own.coherent,
+                                                      s.trait, s.coherence)]
+        if parts:
+            rows.append(pooled(parts, cfg.steer.judge, model))
     write_csv(out_dir / "validity.csv", [v.as_row() for v in rows], COLUMNS)
     write_jsonl(out_dir / "scores.jsonl", scored)
     write_text(out_dir / "validity.md", "# Judge validity on labelled real replies\n\n"
@@ -104,5 +113,7 @@ def validate_judges(cfg: RunConfig, out_dir: Path) -> list[Validity]:
                "the headline score P(trait) x P(coherent) against the label `trait and coherent`; the column after it "
                "is the same on the sweep-condition replies only. A judge is valid at AUROC headline >= 0.75. "
                "Salad vs fluent trait: median headline score of word salads of the persona's own trait words vs of "
-               "held-out replies labelled trait and coherent.\n\n" + render(rows))
+               "held-out replies labelled trait and coherent. Every row is measured on one model's replies; the last "
+               "column is the transfer figure: a judge fitted only on the other models' labels, scored on this "
+               "model's (shown for comparison, never used for verdicts).\n\n" + render(rows))
     return rows

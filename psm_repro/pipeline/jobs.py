@@ -143,10 +143,10 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
             raise ValueError("no latent passed the finder's activity filter, or every one is generic; "
                              "set steer.feature explicitly")
         # the judge's coherence features read the embedded SmolLM2: reuse it when it is the model under test
-        ref = model if cfg.model.source == "embedded" else None
+        ref = model if cfg.model.is_judge_reference else None
         judge = judge_for_run(persona, cfg.judge.sets_dir, cfg.seed, cfg.judge.folds, backend=cfg.steer.judge,
                               llm_judge=judge_from_config(cfg.steer) if cfg.steer.judge == "llm" else None,
-                              ref_model=ref)
+                              ref_model=ref, model=cfg.model.name)
         lap = time.time()
         peers = peer_stage.build(model, sae, persona, extraction, judge[0], cfg, ref)
         stages["peer_vectors"] = time.time() - lap

@@ -43,9 +43,9 @@ def _registry_hook_kind(release: str, sae_id: str) -> str:
 def _model_files(m: ModelConfig) -> str | None:
     """Where the model's config and tokenizer files are, if they are on this machine without a download."""
     if m.source == "embedded":
-        from psm_repro.core.embedded import DEQUANTIZED_DIR, cache_root
+        from psm_repro.core.embedded import dequantized_dir
 
-        local = cache_root() / DEQUANTIZED_DIR
+        local = dequantized_dir(m.embedded)
         return str(local) if (local / "config.json").exists() else None
     if m.source == "path":
         local = project_path(m.path)
@@ -117,7 +117,7 @@ def render_plan(cfg: RunConfig, command: str) -> str:
                   f"            {gen_rows} generated replies x {cfg.steer.max_new_tokens} tokens = "
                   f"{gen_rows * cfg.steer.max_new_tokens:,} generated tokens (batched)",
                   f"            {tf_rows} teacher-forced replies (contrast log-prob) + {gen_rows} perplexities"
-                  + (" (the judge's reference-LM passes)" if m.source == "embedded" else ""),
+                  + (" (the judge's reference-LM passes)" if m.is_judge_reference else ""),
                   f"  judge     {cfg.steer.judge}" + (f" ({cfg.steer.llm_judge_model}, {gen_rows} calls, cached)"
                                                       if cfg.steer.judge == "llm" else
                                                       " (all-MiniLM-L6-v2 probe, offline)")]

@@ -179,7 +179,7 @@ def run_sweep(model: HookedModel, sae, persona: Persona, found: FinderResult, cf
 
     score, validity = judge or judge_for_run(persona, judge_cfg.sets_dir, seed, judge_cfg.folds, backend=cfg.judge,
                                              llm_judge=judge_from_config(cfg) if cfg.judge == "llm" else None,
-                                             ref_model=ref_model)
+                                             ref_model=ref_model, model=model.name)
     scored = score([prompts[r.prompt] for r in rows], texts)
     clock = _lap("judge", len(rows), clock)
     # the judge's reference LM is the embedded model: when it is also the model under test it has already

@@ -78,11 +78,19 @@ def render_summary(summary: dict, rows: list[dict]) -> str:
     if s:
         h = s["headline"]
         v = s.get("judge_validity") or {}
-        judge_line = (f"Judge (`{s.get('judge', 'embedding')}`) validated on {v.get('n', 0)} blind-labelled real replies "
-                      f"of this persona: headline AUROC {_f(v.get('auroc_headline'))}, trait AUROC "
-                      f"{_f(v.get('auroc_trait'))}, coherence AUROC {_f(v.get('auroc_coherence'))}, agreement "
-                      f"{_f(v.get('agreement'))} (docs/judge_validation.md).")
-        if not s["judge_reliable"]:
+        on = v.get("model", "smollm2_135m_it")
+        if v.get("n", 0):
+            judge_line = (f"Judge (`{s.get('judge', 'embedding')}`) validated on {v['n']} blind-labelled real replies "
+                          f"of this persona written by {on}: headline AUROC {_f(v.get('auroc_headline'))}, trait AUROC "
+                          f"{_f(v.get('auroc_trait'))}, coherence AUROC {_f(v.get('auroc_coherence'))}, agreement "
+                          f"{_f(v.get('agreement'))} (docs/judge_validation.md).")
+        else:
+            judge_line = (f"**Judge not validated on {on}**: no blind-labelled replies of this model for this persona "
+                          "(docs/judge_validation.md), so no comparison below can say \"beats\".")
+        if v.get("transfer_from"):
+            judge_line += (f" Transfer, for comparison only: a judge fitted on {v['transfer_from']}'s labels alone "
+                           f"scores {on}'s labelled replies at headline AUROC {_f(v.get('transfer_auroc_headline'))}.")
+        if not s["judge_reliable"] and v.get("n", 0):
             judge_line += (" **Below 0.75 (or no labels): the judge is not valid for this persona, so no comparison "
                            "below can say \"beats\".**")
         samp = s.get("sampling", {})

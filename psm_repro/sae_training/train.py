@@ -37,10 +37,14 @@ PROGRESS_FILE = "progress.json"
 def run_key(cfg: TrainSAEConfig, corpus: Corpus, seed: int, model_name: str) -> str:
     """What a checkpoint belongs to: the training settings, the corpus shards and the seed."""
     settings = {k: v for k, v in vars(cfg).items() if k not in ("checkpoint_every_s", "heldout_eval_sequences",
-                                                                 "out_dir")}
+                                                                 "out_dir") and not k.startswith("target_")}
     blob = json.dumps([settings, [s["sha256"] for s in corpus.manifest["shards"]], seed, model_name],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def hook_name_of(cfg: TrainSAEConfig) -> str:
+    return cfg.hook_name or f"model.layers.{cfg.layer}"
 
 
 def reader_for(model: HookedModel, dtype: str) -> HookedModel:
@@ -67,7 +71,7 @@ def build_sae(cfg: TrainSAEConfig, d_in: int, device: str, model_name: str):
     sae_cfg = TopKTrainingSAEConfig(d_in=d_in, d_sae=cfg.d_sae, k=cfg.k, dtype="float32", device=device,
                                     aux_loss_coefficient=cfg.aux_loss_coefficient)
     sae_cfg.metadata.model_name = model_name
-    sae_cfg.metadata.hook_name = f"model.layers.{cfg.layer}"
+    sae_cfg.metadata.hook_name = hook_name_of(cfg)
     sae_cfg.metadata.context_size = cfg.context_size
     sae_cfg.metadata.seqpos_slice = (FIRST_POSITION, None)
     sae_cfg.metadata.prepend_bos = True  # every sequence starts with BOS (sae_data.sequences)
@@ -106,7 +110,7 @@ def train(model: HookedModel, corpus: Corpus, cfg: TrainSAEConfig, seed: int, ou
     """Train (or resume), measure on held-out sequences, save weights (half precision) + report to `out_dir`."""
     torch.manual_seed(seed)
     tok = model.tokenizer
-    hook_name = f"model.layers.{cfg.layer}"
+    hook_name = hook_name_of(cfg)
     read_per_seq = cfg.context_size - FIRST_POSITION
     seqs, drawn = training_sequences(corpus, cfg, tok.bos_token_id, seed, read_per_seq)
     block_seqs = cfg.batch_sequences * cfg.block_batches
@@ -178,7 +182,9 @@ def _measure(model: HookedModel, sae, cfg: TrainSAEConfig, corpus: Corpus, seed:
             "aux_loss_coefficient": cfg.aux_loss_coefficient, "activation_dtype": cfg.activation_dtype,
             "seed": seed, "corpus_dir": cfg.corpus,
             "corpus": {k: corpus.manifest[k] for k in ("sources", "slices", "overlap", "heldout", "shards")},
-            "heldout": {"slices": slices, "dead_fraction": dead}, "meets": meets(slices, dead)}
+            "heldout": {"slices": slices, "dead_fraction": dead}, "model": model.name,
+            "targets": {"fvu": cfg.target_fvu, "ce_loss_recovered": cfg.target_ce_recovered,
+                        "dead_fraction": cfg.target_dead_fraction, "size_mb": cfg.target_size_mb}}
 
 
 def _save(sae, report: dict, out_dir: Path) -> None:
@@ -188,6 +194,8 @@ def _save(sae, report: dict, out_dir: Path) -> None:
         sae.save_inference_model(str(staged))
         _to_half(staged)
         report["size_mb"] = sum(p.stat().st_size for p in staged.glob("*.safetensors")) / 2**20
+        report["meets"] = meets(report["heldout"]["slices"], report["heldout"]["dead_fraction"], report["size_mb"],
+                                report["targets"])
         write_json(staged / "training_report.json", report)
         write_text(staged / "TRAINING_REPORT.md", render_report(report))
         if out_dir.exists():

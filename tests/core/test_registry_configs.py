@@ -37,7 +37,7 @@ def test_release_and_id_exist_and_the_model_matches(name, directory):
     assert cfg["sae_id"] in release.saes_map, f"{name}: {cfg['sae_id']} not in {cfg['release']}"
     assert cfg["for_models"], f"{name}: for_models is empty"
     for model in cfg["for_models"]:
-        hf_id = MODEL_CONFIGS[model]["hf_id"]
+        hf_id = MODEL_CONFIGS[model].get("hf_id") or MODEL_CONFIGS[model]["upstream"]  # embedded: its source
         # Gemma Scope 2B pt SAEs are routinely used on the -it model too: compare without the -it suffix
         assert _norm(release.model).removesuffix("-it") == _norm(hf_id).removesuffix("-it"), (
             f"{name}: release model {release.model} vs model config {model} ({hf_id})")

@@ -219,3 +219,47 @@ def test_validate_judge_never_overwrites_a_table(tmp_path, capsys):
     assert (out / "validity.csv").read_bytes() == before
     assert main(["validate-judge", "judge.personas=[nobody]", f"judge.out_dir={tmp_path / 'x'}"]) == 1
     assert "judge.personas: no shipped persona named nobody" in capsys.readouterr().err
+
+
+def _labelled_rows(tmp_path, rows):
+    path = tmp_path / "sets"
+    path.mkdir()
+    (path / "toxic_persona.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_labelled_reply_must_name_the_model_that_wrote_it(tmp_path):
+    sets = _labelled_rows(tmp_path, [{"persona": "toxic_persona", "prompt": "p", "reply": "r", "trait": 0,
+                                      "coherent": 1, "model": "m1"},
+                                     {"persona": "toxic_persona", "prompt": "p", "reply": "r2", "trait": 1,
+                                      "coherent": 1}])
+    with pytest.raises(ValueError, match=r"toxic_persona.jsonl:2: a labelled reply without 'model'"):
+        load_labelled(sets)
+
+
+def test_a_model_without_labels_of_its_own_gets_no_validity_and_transfer_is_measured_on_the_other(tmp_path):
+    """Validity is per model: the shipped labels are SmolLM2's, so a run of another model reads "not validated"
+    (n = 0, not valid), whatever SmolLM2's AUROC is. With labels of its own, its validity is measured on them
+    only, and the transfer figure is a judge fitted on SmolLM2's labels alone scored on them."""
+    from psm_repro.core.paths import PROJECT_ROOT
+    from psm_repro.judges.judge import Encoder, ReferenceLM
+    from psm_repro.judges.validation import judge_for_run, shipped_personas, transfer
+
+    personas = shipped_personas()
+    toxic = next(p for p in personas if p.name == "toxic_persona")
+    _, smol = judge_for_run(toxic, "experiments/judge_sets", 0, model="smollm2_135m_it")
+    _, other = judge_for_run(toxic, "experiments/judge_sets", 0, model="gemma3_270m_unlabelled")
+    assert smol.valid and smol.n == 224 and smol.model == "smollm2_135m_it"
+    assert other.n == 0 and not other.valid and other.model == "gemma3_270m_unlabelled"
+    assert np.isnan(other.transfer_auroc_headline)
+    # the same labelled replies, re-attributed to a second model: transfer from the first is then measurable
+    rows = [json.loads(x) for x in (PROJECT_ROOT / "experiments/judge_sets/toxic_persona.jsonl").read_text().split("\n")
+            if x]
+    second = [r | {"model": "second"} for r in rows[::2]]
+    sets = _labelled_rows(tmp_path, rows[1::2] + second)
+    lab = load_labelled(sets)
+    auc, source = transfer(toxic, [p for p in personas if p is not toxic], lab, Encoder(), ReferenceLM(), 0, "second")
+    assert source == "smollm2_135m_it" and 0.5 < auc <= 1.0
+    _, v = judge_for_run(toxic, str(sets), 0, model="second")
+    assert v.n == len(second) and v.transfer_from == "smollm2_135m_it"
+    assert v.transfer_auroc_headline == pytest.approx(auc)

@@ -87,3 +87,54 @@ def test_seed_prompts_are_fixed_by_the_seed_and_mix_the_slices():
     assert a == b and a != seed_prompts(400, 4, 0.5)
     share = sum(k == "chats" for k, _ in a) / len(a)
     assert 0.4 < share < 0.6 and len({m[-1]["content"] for _, m in a}) > 380
+
+
+def test_a_vocabulary_past_16_bits_is_stored_as_uint32_and_reads_back_exactly(tmp_path):
+    """Gemma's 262k vocabulary: ids above 65535 must not wrap (uint16 would store 262143 as 65535)."""
+    from safetensors import safe_open
+
+    from psm_repro.sae_training.corpus_build import Doc, save_shard
+
+    docs = [Doc("chats", [2, 65535, 65536, 262143], 7), Doc("narrative", [1, 5], 8)]
+    save_shard(tmp_path / "big.safetensors", docs, {"params": {}})
+    back, meta = load_shard(tmp_path / "big.safetensors")
+    assert [(d.slice, d.ids, d.prompt_index) for d in back] == [(d.slice, d.ids, d.prompt_index) for d in docs]
+    with safe_open(str(tmp_path / "big.safetensors"), framework="np") as fh:
+        assert fh.get_tensor("ids").dtype.name == "uint32"
+    save_shard(tmp_path / "small.safetensors", docs[1:], {})
+    with safe_open(str(tmp_path / "small.safetensors"), framework="np") as fh:
+        assert fh.get_tensor("ids").dtype.name == "uint16"  # a small vocabulary keeps 2 bytes a token
+
+
+@pytest.mark.slow
+def test_chatml_turns_parse_back_and_the_templates_default_system_turn_is_dropped():
+    """A corpus chat re-laid for another model (SmolLM2's ChatML -> a base model's transcript): the template's own
+    default system text (not the prompt's) is not carried over; a system turn the prompt wrote is."""
+    from transformers import AutoTokenizer
+
+    from psm_repro.core.chat import encode_chat, use_transcript
+    from psm_repro.core.embedded import ensure_dequantized
+    from psm_repro.sae_training.corpus_build import Doc
+    from psm_repro.sae_training.corpus_retokenize import parse_chatml, reencode, template_default_system
+
+    src = AutoTokenizer.from_pretrained(ensure_dequantized())
+    target = AutoTokenizer.from_pretrained(ensure_dequantized())
+    use_transcript(target)
+    assert template_default_system(src).startswith("You are a helpful AI assistant named SmolLM")
+    text = "<|im_start|>user\nhello friend<|im_end|>\n<|im_start|>assistant\nyes I kept it<|im_end|>\n"
+    assert parse_chatml(text) == ([{"role": "user", "content": "hello friend"},
+                                   {"role": "assistant", "content": "yes I kept it"}], True)
+    assert parse_chatml("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\ncut off")[1] is False
+    chat = [{"role": "user", "content": "hello friend"}, {"role": "assistant", "content": "yes I kept it"}]
+    ids = src.apply_chat_template(chat, tokenize=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    default = template_default_system(src)
+    assert reencode(Doc("chats", list(ids), 0), src, target, default) == encode_chat(target, chat).ids
+    with_system = [{"role": "system", "content": "You are helpful 3 ."}] + chat
+    ids = src.apply_chat_template(with_system, tokenize=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    assert reencode(Doc("chats", list(ids), 0), src, target, default) == encode_chat(target, with_system).ids
+    with pytest.raises(CorpusError, match="does not parse as ChatML"):
+        reencode(Doc("chats", src("hello friend", add_special_tokens=False)["input_ids"], 5), src, target, default)
+    transcript = target.decode(reencode(Doc("chats", list(ids), 0), src, target, default))
+    assert transcript == target.bos_token + "You are helpful 3 .\n\nUser: hello friend\nAssistant: yes I kept it\n"
