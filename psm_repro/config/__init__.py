@@ -62,12 +62,16 @@ class RunConfig:
         else:  # validate-judge runs `judge.personas`; the rest run no persona
             return
         runs = Path(file).stem if file else name
-        if runs != self.persona and self.experiment_name == f"{self.command}_{self.persona}":
-            # configs/config.yaml's default label names `persona`, which persona_file (or em.persona) replaces
+        if self.experiment_name == f"{self.command}_{self.persona}":
+            # configs/config.yaml's default label names `persona`, which persona_file (or em.persona) replaces: a
+            # label derived from what runs is never refused, whatever the file is called (secrecy_v2.yaml)
             self.experiment_name = f"{self.command}_{runs}"
+            return
+        if re.search(rf"(?:^|_){re.escape(runs)}(?:_|$)", self.experiment_name):
+            return  # the label names the persona that runs
         named = [p for p in shipped_persona_names()
                  if re.search(rf"(?:^|_){re.escape(p)}(?:_|$)", self.experiment_name)]
-        if named and runs not in named:
+        if named:
             given = f"{prefix}persona_file={file}" if file else f"{prefix}persona={name}"
             fixed = re.sub(rf"(?:^|(?<=_)){re.escape(named[0])}(?=_|$)", runs, self.experiment_name, count=1)
             raise ConfigError(f"experiment_name={self.experiment_name}: names persona {named[0]} but {given} runs "

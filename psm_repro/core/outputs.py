@@ -68,9 +68,15 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    # minimal quoting quotes only the characters of the line terminator ("\n"): a token string holding "\r" would
+    # be written bare and read back as a broken row, so such a row is written fully quoted
+    quoted = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n",
+                            quoting=csv.QUOTE_NONNUMERIC)
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _fmt(row.get(k)) for k in columns})
+        values = {k: _fmt(row.get(k)) for k in columns}
+        bare_cr = any(isinstance(v, str) and "\r" in v for v in values.values())
+        (quoted if bare_cr else writer).writerow(values)
     write_text(path, buf.getvalue())
 
 

@@ -15,7 +15,10 @@ def test_every_experiment_composes(experiment):
     cfg, run_dir = compose("run", [f"experiment={experiment}"])
     assert isinstance(cfg, RunConfig)
     assert cfg.experiment_name == experiment
-    assert (cfg.em.data if experiment.startswith("em_") else cfg.persona) in experiment
+    if experiment.startswith("sae_"):  # an SAE's corpus and training, for one model: no persona runs
+        assert cfg.model.name in experiment and cfg.train_sae.corpus == cfg.corpus.out_dir
+    else:
+        assert (cfg.em.data if experiment.startswith("em_") else cfg.persona) in experiment
     assert experiment in str(run_dir)
 
 
@@ -186,3 +189,19 @@ def test_a_persona_file_run_is_labelled_by_the_file_not_the_default_persona():
     assert run_dir.parts[:2] == ("runs", "find_panic")  # and so does the run directory
     _, explicit = compose("find", ["persona_file=experiments/personas/peers/panic.json", "hydra.run.dir=out/x"])
     assert explicit == Path("out/x")
+
+
+@pytest.mark.parametrize("stem", ["secrecy_v2", "sycophancy_caa", "my_panic"])
+def test_a_persona_file_named_after_a_shipped_persona_runs_labelled_by_its_file(tmp_path, stem):
+    """A file named after the trait it varies is the natural name: its derived label is never refused, and a label
+    the user wrote that names the file's own persona is kept."""
+    src = Path(__file__).parents[2] / "experiments" / "personas" / "secrecy.yaml"
+    path = tmp_path / f"{stem}.yaml"
+    path.write_text(src.read_text())
+    cfg, run_dir = compose("find", [f"persona_file={path}"])
+    assert cfg.experiment_name == f"find_{stem}" and run_dir.parts[:2] == ("runs", f"find_{stem}")
+    assert compose("run", [f"persona_file={path}", f"experiment_name=steer_{stem}"])[0].experiment_name == \
+        f"steer_{stem}"
+    with pytest.raises(Exception, match=rf"names persona panic but persona_file={path} runs {stem}; set "
+                                        rf"experiment_name too \(e.g. experiment_name=steer_{stem}\)"):
+        compose("run", [f"persona_file={path}", "experiment_name=steer_panic"])

@@ -27,3 +27,22 @@ def test_write_text_is_atomic_when_the_writer_fails(tmp_path, monkeypatch):
 def test_csv_round_trip(tmp_path):
     write_csv(tmp_path / "t.csv", [{"a": 1, "b": 0.123456789}], ["a", "b"])
     assert read_csv(tmp_path / "t.csv") == [{"a": "1", "b": "0.123457"}]
+
+
+@pytest.mark.parametrize("token", ["\r", "a\rb", "\r\n", "x\ny", 'say "hi", ok', "\t", "🙂 émoji", "⏎   "])
+def test_csv_with_any_token_text_reads_back_to_the_same_rows_with_pandas_and_csv(tmp_path, token):
+    """A latent's promoted token can be any string: a bare "\\r" once split features.csv into a junk row."""
+    import csv
+
+    import pandas as pd
+
+    from psm_repro.core.outputs import write_csv
+
+    rows = [{"rank": 1, "token": token, "score": 0.5}, {"rank": 2, "token": "plain", "score": 1.25}]
+    write_csv(tmp_path / "f.csv", rows, ["rank", "token", "score"])
+    with open(tmp_path / "f.csv", newline="") as fh:
+        back = list(csv.DictReader(fh))
+    assert [r["token"] for r in back] == [token, "plain"] and [r["rank"] for r in back] == ["1", "2"]
+    frame = pd.read_csv(tmp_path / "f.csv", keep_default_na=False)
+    assert frame["token"].tolist() == [token, "plain"] and frame["rank"].tolist() == [1, 2]
+    assert frame["score"].tolist() == [0.5, 1.25]

@@ -181,3 +181,22 @@ def test_nucleus_warper_keeps_the_tokens_hf_warpers_keep(temperature, top_p, sca
         above = torch.tensor([float(probs[r][probs[r] > probs[r, t]].sum()) for t in differ])
         assert len(differ) <= 2 and torch.all((above - top_p).abs() < 1e-4), (r, differ, above)
         assert kept_got.sum() >= 1
+
+
+@pytest.mark.parametrize("positions, offset, T, expected", [
+    # a 4-token prompt (positions 0-3) read in one call: "prompt" steers 0-3, the last prompt token included
+    ("prompt", 0, 6, [1, 1, 1, 1, 0, 0]),
+    ("generated", 0, 6, [0, 0, 0, 0, 1, 1]),
+    # KV-cache steps: the first generated token sits at absolute position 4
+    ("prompt", 4, 1, [0]),
+    ("generated", 4, 1, [1]),
+    ("prompt", 3, 2, [1, 0]),
+    ("all", 7, 2, [1, 1]),
+])
+def test_position_mask_steers_exactly_the_documented_positions(positions, offset, T, expected):
+    """Hand-written masks for prompt_width=4: an off-by-one at the prompt/generation boundary fails here."""
+    from psm_repro.core.hooked import CallInfo
+    from psm_repro.core.steering import position_mask
+
+    mask = position_mask(CallInfo(input_ids=None, offset=offset), T, 2, positions, 4, None, "cpu")
+    assert mask.tolist() == [[bool(x) for x in expected]] * 2
