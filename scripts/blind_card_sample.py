@@ -16,6 +16,8 @@ per line by the rule in docs/judge_validation.md, into <blind_dir>/<persona>.lab
 each of the SAE latent, persona vector, CAA vector, dense direction, system prompt and unsteered model, each
 method at its own chosen coefficient (the card's methods table).
 
+Cards of another model: set PSM_REPRO_CARDS=results/gemma3_270m.
+
 `score` joins labels and key and prints, per persona and method, the share of replies read as trait and
 coherent next to the judge's mean headline score, and the card's verdict for the latent. `save` writes the
 joined rows (key, labels and the labeller's name) to <out_dir>/<persona>.jsonl.
@@ -24,6 +26,7 @@ joined rows (key, labels and the labeller's name) to <out_dir>/<persona>.jsonl.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -33,6 +36,8 @@ from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.personas import resolve_persona
 
 PER_METHOD = 12
+CARDS = PROJECT_ROOT / os.environ.get("PSM_REPRO_CARDS", "results")
+"""Where the cards are: results/ (the embedded default), or e.g. PSM_REPRO_CARDS=results/gemma3_270m."""
 
 
 def _write_blind(persona: str, picked: list[dict], rng: random.Random, blind_dir: Path, key_dir: Path) -> None:
@@ -46,7 +51,7 @@ def _write_blind(persona: str, picked: list[dict], rng: random.Random, blind_dir
 
 
 def write(persona: str, blind_dir: Path, key_dir: Path) -> None:
-    card = PROJECT_ROOT / "results" / f"steer_{persona}"
+    card = CARDS / f"steer_{persona}"
     coef = json.loads((card / "summary.json").read_text())["steering"]["headline"]["coefficient"]
     rows = [r for _, r in read_jsonl(card / "samples.jsonl") if r["split"] == "test"]
     rng = random.Random(f"blind-{persona}")
@@ -62,7 +67,7 @@ PER_METHOD_COMPARED = 8
 
 
 def write_methods(persona: str, blind_dir: Path, key_dir: Path) -> None:
-    card = PROJECT_ROOT / "results" / f"steer_{persona}"
+    card = CARDS / f"steer_{persona}"
     chosen = {r["method"]: r["coefficient"]
               for r in json.loads((card / "summary.json").read_text())["steering"]["methods"]}
     rows = [r for _, r in read_jsonl(card / "samples.jsonl") if r["split"] == "test"]
@@ -78,7 +83,7 @@ def write_methods(persona: str, blind_dir: Path, key_dir: Path) -> None:
 def score_methods(persona: str, blind_dir: Path, key_dir: Path) -> None:
     key = {r["id"]: r for _, r in read_jsonl(key_dir / f"{persona}.jsonl")}
     labels = {r["id"]: r for _, r in read_jsonl(blind_dir / f"{persona}.labels.jsonl")}
-    card = json.loads((PROJECT_ROOT / "results" / f"steer_{persona}" / "summary.json").read_text())["steering"]
+    card = json.loads((CARDS / f"steer_{persona}" / "summary.json").read_text())["steering"]
     ranks = {r["method"]: r["rank"] for r in card["methods"]}
     print(f"{persona}:")
     for method in METHODS:
@@ -95,7 +100,7 @@ def score_methods(persona: str, blind_dir: Path, key_dir: Path) -> None:
 def score(persona: str, blind_dir: Path, key_dir: Path) -> None:
     key = {r["id"]: r for _, r in read_jsonl(key_dir / f"{persona}.jsonl")}
     labels = {r["id"]: r for _, r in read_jsonl(blind_dir / f"{persona}.labels.jsonl")}
-    card = json.loads((PROJECT_ROOT / "results" / f"steer_{persona}" / "summary.json").read_text())["steering"]
+    card = json.loads((CARDS / f"steer_{persona}" / "summary.json").read_text())["steering"]
     verdicts = {c: card["headline"][f"vs_{c}"].get("verdict") or ("beats" if card["headline"][f"vs_{c}"]["beats"]
                                                                    else "no")
                 for c in ("unsteered", "random_latent")}
@@ -123,7 +128,7 @@ if __name__ == "__main__":
     rest = sys.argv[4:]
     out_dir, labeller = (Path(rest[0]), rest[1]) if cmd == "save" else (None, None)
     rest = rest[2:] if cmd == "save" else rest
-    personas = rest or sorted(p.name.removeprefix("steer_") for p in (PROJECT_ROOT / "results").glob("steer_*"))
+    personas = rest or sorted(p.name.removeprefix("steer_") for p in CARDS.glob("steer_*"))
     for p in personas:
         if cmd == "save":
             save(p, blind_dir, key_dir, out_dir, labeller)
