@@ -22,6 +22,9 @@ commands:
   finetune   emergent misalignment: narrow fine-tune + control, broad misalignment, latent diff, steering
   judge      score replies (JSONL with prompt, reply) with a persona's judge: trait, coherence, headline score
   validate-judge  each persona judge's AUROC against blind reading labels on real replies (out of fold)
+  label-pool    sample the unlabelled judge-set replies of `model` for blind reading (resumable)
+  label-sheets  write the blind sheets (id, prompt, reply; shuffled) and rubrics to judge.out_dir
+  label-merge   join blind labels (judge.input, by judge.labeller) onto `model`'s judge sets
   explain    a dashboard for any latent: top contexts from the reference corpus, density, lexicality,
              promoted tokens, activations on the persona's items (explain latent=123)
 
@@ -37,10 +40,11 @@ examples:
   python -m psm_repro finetune experiment=em_risky_finance
   python -m psm_repro judge persona=sarcasm judge.input=replies.jsonl judge.output=scored.jsonl
   python -m psm_repro validate-judge
+  python -m psm_repro label-pool model=gemma3_270m sae=gemma3_270m_l12_topk judge.personas=[panic]
   python -m psm_repro explain latent=123 persona=panic
 """
 COMMANDS = ("run", "find", "steer", "tables", "build-corpus", "train-sae", "bench", "finetune", "judge", "validate-judge",
-            "explain")
+            "label-pool", "label-sheets", "label-merge", "explain")
 logger = logging.getLogger("psm_repro")
 
 
@@ -138,6 +142,8 @@ def _dispatch(command: str, cfg, run_dir: Path) -> int:
         out = output_path(cfg.judge.out_dir or f"runs/judge_validation/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
         validate_judges(cfg, out)
         print((out / "validity.md").read_text())
+    elif command.startswith("label-"):
+        _label(command, cfg)
     elif command == "explain":
         from psm_repro.pipeline.explain import explain
 
@@ -157,6 +163,29 @@ def _dispatch(command: str, cfg, run_dir: Path) -> int:
             f"{name} FVU {m['fvu']:.3f}, CE recovered {m['ce_loss_recovered']:.1%}, L0 {m['l0']:.1f}"
             for name, m in h["slices"].items()) + f"; dead {h['dead_fraction']:.1%}")
     return 0
+
+
+def _label(command: str, cfg) -> None:
+    from psm_repro.core.paths import output_path
+    from psm_repro.judges import labelling
+    from psm_repro.judges.validation import shipped_personas
+
+    personas = list(cfg.judge.personas) or [p.name for p in shipped_personas()]
+    model = cfg.model.name
+    if command == "label-pool":
+        for name, n in labelling.build_pool(cfg, personas).items():
+            print(f"{labelling.set_path(cfg.judge.sets_dir, name, model)}: {n} replies of {model}")
+    elif command == "label-sheets":
+        if not cfg.judge.out_dir:
+            raise labelling.LabelError("judge.out_dir: label-sheets needs a directory for the blind sheets")
+        out = output_path(cfg.judge.out_dir)
+        for name, n in labelling.write_sheets(cfg.judge.sets_dir, model, personas, out).items():
+            print(f"{out / (name + '.jsonl')}: {n} unlabelled replies of {model}, rubric beside it")
+    else:
+        if not cfg.judge.input or not cfg.judge.labeller:
+            raise labelling.LabelError("judge.input and judge.labeller: label-merge needs the label file and who read it")
+        n = labelling.merge(cfg.judge.sets_dir, model, output_path(cfg.judge.input), cfg.judge.labeller)
+        print(f"merged {n} labels from {cfg.judge.input} into {model}'s judge sets")
 
 
 def _side_by_side(left_title: str, left: str, right_title: str, right: str, width: int = 48) -> None:

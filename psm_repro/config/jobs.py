@@ -179,7 +179,7 @@ class BenchConfig:
 
 @dataclass
 class JudgeConfig:
-    """The `judge` and `validate-judge` commands (the backend is `steer.judge`)."""
+    """The `judge`, `validate-judge` and `label-*` commands (the backend is `steer.judge`)."""
 
     input: str | None = None
     """JSONL of replies to score: one object per line with at least `prompt` and `reply`."""
@@ -188,11 +188,14 @@ class JudgeConfig:
     sets_dir: str = "experiments/judge_sets"
     """Labelled real replies (docs/judge_validation.md): the offline judge is fitted and validated on them."""
     personas: list[str] = field(default_factory=list)
-    """`validate-judge`: the personas to validate (empty: every persona with labelled replies)."""
+    """`validate-judge`, `label-pool`, `label-sheets`: the personas to run (empty: every persona with labelled
+    replies for validate-judge, every shipped persona for the label commands)."""
+    labeller: str | None = None
+    """`label-merge`: who read the replies (recorded on every label merged from `judge.input`)."""
     folds: int = 5
     """Cross-validation folds, grouped by prompt, for the validity that goes on the cards."""
     out_dir: str | None = None
-    """Where `validate-judge` writes its table; None: a new runs/judge_validation/<time> directory. A directory
+    """`label-sheets`: where the blind sheets go (required). `validate-judge`: where it writes its table; None: a new runs/judge_validation/<time> directory. A directory
     that already holds a table is refused, never overwritten (`make results` regenerates results/judge_validation)."""
 
     def __post_init__(self):

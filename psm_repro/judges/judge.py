@@ -73,10 +73,11 @@ class Labelled:
 
 
 def load_labelled(sets_dir: Path) -> Labelled:
-    """Every labelled reply under `sets_dir` (rows without both labels are skipped: not yet read)."""
+    """Every labelled reply under `sets_dir` and its per-model subdirectories (rows without both labels are
+    skipped: not yet read)."""
     from psm_repro.core.outputs import read_jsonl
 
-    rows = [(path, n, r) for path in sorted(Path(sets_dir).glob("*.jsonl")) for n, r in read_jsonl(path)
+    rows = [(path, n, r) for path in sorted(Path(sets_dir).rglob("*.jsonl")) for n, r in read_jsonl(path)
             if r.get("trait") is not None and r.get("coherent") is not None]
     missing = next(((path, n) for path, n, r in rows if not r.get("model")), None)
     if missing:
@@ -123,7 +124,7 @@ class Encoder:
 
 REFERENCE_SEED = "reference_logprobs.json"
 """Beside the judge sets (and the EM labelled set): the reference LM's log-probs of every labelled reply, so that fitting a judge needs
-no forward pass over them (`scripts/merge_labels.py` refreshes it; delete it to recompute)."""
+no forward pass over them (`label-merge` refreshes it; delete it to recompute)."""
 
 
 class ReferenceLM:

@@ -13,8 +13,8 @@ from psm_repro.core.paths import project_path
 from psm_repro.core.personas import resolve_persona
 from psm_repro.judges.judge import Encoder, ReferenceLM, load_labelled
 from psm_repro.judges.llm_judge import judge_from_config
-from psm_repro.judges.validation import (COLUMNS, Validity, judge_for_run, llm_scores, out_of_fold, pooled, render,
-                                         shipped_personas, transfer, validity)
+from psm_repro.judges.validation import (COLUMNS, Validity, fit_labels, judge_for_run, llm_scores, out_of_fold, pooled,
+                                         render, shipped_personas, transfer, validity)
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ def validate_judges(cfg: RunConfig, out_dir: Path) -> list[Validity]:
                 s, salad = llm_scores(own.prompt, own.reply, persona, judge_from_config(cfg.steer)), None
                 moved = (float("nan"), "")
             else:
-                own, s, salad = out_of_fold(persona, others, labelled, encoder, ref, cfg.seed, cfg.judge.folds, model)
+                own, s, salad = out_of_fold(persona, others, fit_labels(labelled, model), encoder, ref, cfg.seed,
+                                            cfg.judge.folds, model)
                 moved = transfer(persona, others, labelled, encoder, ref, cfg.seed, model)
             v = validity(own, s, cfg.steer.judge, persona.name, salad, model, moved)
             logger.info("%s / %s: AUROC headline %.3f (n=%d)", model, persona.name, v.auroc_headline, v.n)

@@ -74,6 +74,14 @@ class Validity:
 SWEEP_METHODS = ("unsteered", "system_prompt", "sae_latent", "dense_direction", "random_latent")
 
 
+def fit_labels(labelled: Labelled, model: str) -> Labelled:
+    """The labels a judge for `model`'s replies is fitted on: that model's own when it has any (the judge then
+    learns the text it will score, and a new model's labels leave every other model's judge unchanged), else
+    every label there is (a judge moved from other models, whose validity on `model` is unknown)."""
+    own = labelled.of(model=model)
+    return labelled.subset(own) if own.any() else labelled
+
+
 def _folds(prompts: list[str], k: int, seed: int) -> np.ndarray:
     uniq = sorted(set(prompts))
     order = np.random.default_rng(seed).permutation(len(uniq))
@@ -191,7 +199,7 @@ def judge_for_run(persona: Persona, sets_dir, seed: int, folds: int = FOLDS, bac
 
     Returns (score(prompts, replies) -> Scores, Validity). A persona or model without labelled replies gets a
     validity of NaN (n = 0), which reads "judge not validated on <model>" on the card and allows no verdict; the
-    judge itself is fitted on every label there is.
+    judge is fitted on `fit_labels(labelled, model)`.
     """
     from psm_repro.core.paths import project_path
     from psm_repro.judges.judge import load_labelled
@@ -206,10 +214,10 @@ def judge_for_run(persona: Persona, sets_dir, seed: int, folds: int = FOLDS, bac
     encoder, ref = Encoder(), ReferenceLM(ref_model)
     moved = transfer(persona, others, labelled, encoder, ref, seed, model)
     if len(own.reply):
-        own, oof, salad = out_of_fold(persona, others, labelled, encoder, ref, seed, folds, model)
+        own, oof, salad = out_of_fold(persona, others, fit_labels(labelled, model), encoder, ref, seed, folds, model)
         valid = validity(own, oof, "embedding", persona.name, salad, model, moved)
     else:
         valid = validity(own, Scores(np.zeros(0), np.zeros(0)), "embedding", persona.name, model=model,
                          transferred=moved)
-    judge = PersonaJudge(persona, others, encoder, ref, seed).fit(labelled)
+    judge = PersonaJudge(persona, others, encoder, ref, seed).fit(fit_labels(labelled, model))
     return judge.score, valid

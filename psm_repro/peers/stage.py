@@ -87,9 +87,9 @@ def crossfit_scores(persona: Persona, ex: Extraction, cfg: RunConfig, ref_model=
     other half of the questions (its written examples are those replies: pos = trait, neg = neutral)."""
     from psm_repro.core.paths import project_path
     from psm_repro.judges.judge import Encoder, PersonaJudge, ReferenceLM, load_labelled
-    from psm_repro.judges.validation import shipped_personas
+    from psm_repro.judges.validation import fit_labels, shipped_personas
 
-    labelled = load_labelled(project_path(cfg.judge.sets_dir))
+    labelled = fit_labels(load_labelled(project_path(cfg.judge.sets_dir)), cfg.model.name)
     others = [p for p in shipped_personas() if p.name != persona.name]
     encoder, ref = Encoder(), ReferenceLM(ref_model)
     order = {q: i for i, q in enumerate(dict.fromkeys(ex.questions))}

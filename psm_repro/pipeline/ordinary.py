@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from psm_repro.core import stats
-from psm_repro.core.chat import content_spans, fold_system, supports_system
+from psm_repro.core.chat import TRANSCRIPT_ROLES, content_spans, fold_system, is_transcript, supports_system
 from psm_repro.core.loading import sae_encode, sae_first_position, sae_hook_name
 from psm_repro.core.personas import PersonaError, read_yaml
 
@@ -56,20 +56,31 @@ def chat_roles(tokenizer, item: OrdinaryItem) -> tuple[list[int], list[str]]:
     """The chat's token ids as the template renders them, and each token's group, from character offsets: a
     token belongs to a message (user/assistant) when it starts inside that message's text; the rest are the
     template's markup (special tokens, role names, newline tokens) or text the template adds itself (template_text:
-    SmolLM2's default system prompt, "You are a helpful AI assistant named SmolLM...")."""
+    SmolLM2's default system prompt, "You are a helpful AI assistant named SmolLM..."). A base model's transcript
+    (`model.chat=false`) adds no text of its own: everything outside the messages ("User:", "Assistant:", the
+    newlines) is its markup."""
     messages = [{"role": "user", "content": item.user}, {"role": "assistant", "content": item.assistant}]
-    if not supports_system(tokenizer):
-        messages = fold_system(messages)
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    transcript = is_transcript(tokenizer)
+    if transcript:
+        text = "".join(f"{TRANSCRIPT_ROLES[m['role']]}: {m['content']}\n" for m in messages)
+    else:
+        if not supports_system(tokenizer):
+            messages = fold_system(messages)
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     spans = [(role, lo, hi) for role, (lo, hi) in zip(("user", "assistant"),
                                                      content_spans(text, [item.user, item.assistant]))]
     special = set(tokenizer.all_special_ids)
     ids = list(enc["input_ids"])
     words = [tokenizer.decode([t]) for t in ids]
-    roles = [next((r for r, lo, hi in spans if lo <= a < hi), "template_text") for a, _ in enc["offset_mapping"]]
+    # a token is a message's when any of its characters is (" hello" after "User:" starts on the space)
+    roles = [next((r for r, lo, hi in spans if a < hi and max(b, a + 1) > lo), "template_text")
+             for a, b in enc["offset_mapping"]]
     for i, t in enumerate(ids):
         if roles[i] != "template_text":
+            continue
+        if transcript:
+            roles[i] = "markup"
             continue
         if t in special or (not words[i].strip() and "\n" in words[i]):
             roles[i] = "markup"
@@ -167,7 +178,7 @@ def pick_latents(narrative_effect_F: torch.Tensor, significant_narrative_F: np.n
 def ordinary_check(model, sae, items: list[OrdinaryItem], ai: list[int], rnd: list[int], prepend_bos: bool,
                    n_bootstrap: int, seed: int) -> dict:
     """Run the check for the given AI latents and their random baseline."""
-    if model.tokenizer.chat_template is None:
+    if model.tokenizer.chat_template is None and not is_transcript(model.tokenizer):
         return {"skipped": "the model has no chat template, so there are no template tokens to separate"}
     if not ai:
         return {"skipped": "no latent is significant on the narrative contrast"}

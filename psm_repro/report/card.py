@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 
@@ -87,7 +88,7 @@ def render_summary(summary: dict, rows: list[dict]) -> str:
         else:
             judge_line = (f"**Judge not validated on {on}**: no blind-labelled replies of this model for this persona "
                           "(docs/judge_validation.md), so no comparison below can say \"beats\".")
-        if v.get("transfer_from"):
+        if v.get("transfer_from") and math.isfinite(v.get("transfer_auroc_headline", float("nan"))):
             judge_line += (f" Transfer, for comparison only: a judge fitted on {v['transfer_from']}'s labels alone "
                            f"scores {on}'s labelled replies at headline AUROC {_f(v.get('transfer_auroc_headline'))}.")
         if not s["judge_reliable"] and v.get("n", 0):

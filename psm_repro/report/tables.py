@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from psm_repro.report.card import _f
+from psm_repro.report.cross_model import cross_model_section
 
 HEADER = """# Results
 
@@ -105,7 +106,7 @@ def render(results_dir: Path) -> str:
                          f"{_cell(h, 'vs_dense_direction')} | {_cell(h, 'vs_system_prompt')} | "
                          f"{_f(st['judge_auroc'], 2)}{flag} |")
         lines += methods_sections(steered)
-    lines += cross_model_section(steered)
+    lines += cross_model_section(runs, em_runs, results_dir)
     lines += _meaning_sections(runs)
     lines += _em_section(em_runs)
     lines += _bench_sections(results_dir)
@@ -157,38 +158,6 @@ def methods_sections(steered: list[tuple[str, dict]]) -> list[str]:
         ab = [r["ab_p_matching"] for r in rows if r["ab_p_matching"] == r["ab_p_matching"]]
         lines.append(f"| {model} | {METHOD_WORDS[m]} | {len(rows)} | {sum(ranks) / len(ranks):.2f} | {wins} | "
                      f"{_f(sum(ab) / len(ab), 3) if ab else 'n/a'} |")
-    return lines
-
-
-def cross_model_section(steered: list[tuple[str, dict]]) -> list[str]:
-    """Each shipped persona's card on every model it was run on, side by side: the finder's shared latent against
-    chance, the reuse rate, the judge's validity on that model's own replies, and the four steering verdicts."""
-    native = [(n, s) for n, s in steered if not s["finder"].get("assistant_only")]
-    models = sorted({s["model"] for _, s in native})
-    if len(models) < 2:
-        return []
-    lines = ["", "## Across models", "",
-             "The same persona files and commands on each model, each with its own SAE. Judge: headline AUROC on "
-             "that model's own blind-labelled replies (\"not validated\" where it has none: then no cell can say "
-             "beats); in brackets the transfer AUROC of a judge fitted on the other model's labels alone. Steering "
-             "cells: latent minus control, test-half headline score, 95% BCa interval.", "",
-             "| persona | model / SAE | shared score (chance p95) | reuse (shuffled) | judge on this model (transfer) "
-             "| vs unsteered | vs random latent | vs dense direction | vs system prompt |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for persona in sorted({s["persona"] for _, s in native}):
-        for name, s in sorted([(n, s) for n, s in native if s["persona"] == persona], key=lambda x: x[1]["model"]):
-            f, st = s["finder"], s["steering"]
-            v = st.get("judge_validity") or {}
-            judge = (f"{_f(v.get('auroc_headline'), 2)}" + ("" if st["judge_reliable"] else " (not valid)")
-                     if v.get("n", 0) else "not validated")
-            if v.get("transfer_from"):
-                judge += f" ({_f(v.get('transfer_auroc_headline'), 2)})"
-            h = st["headline"]
-            lines.append(f"| [{persona}]({name}/summary.md) | {s['model']} / {s['sae']} | {_f(f['top_score'], 2)} "
-                         f"({_f(f['shuffled_max_score_p95'], 2)}) | {_f(f['reuse_rate'], 2)} "
-                         f"({_f(f['reuse_rate_shuffled'], 2)}) | {judge} | {_cell(h, 'vs_unsteered')} | "
-                         f"{_cell(h, 'vs_random_latent')} | {_cell(h, 'vs_dense_direction')} | "
-                         f"{_cell(h, 'vs_system_prompt')} |")
     return lines
 
 

@@ -44,6 +44,22 @@ def test_real_template_markup_is_special_tokens_role_names_and_newlines(family, 
     assert markup.count("\n") >= 2
 
 
+@pytest.mark.parametrize("family", ["gemma2", "llama31"])
+def test_a_base_models_transcript_is_split_into_its_turn_markers_and_the_two_messages(family, tmp_path):
+    from psm_repro.core.chat import use_transcript
+
+    tok = build_tokenizer(FAMILIES[family], tmp_path)
+    use_transcript(tok)  # model.chat=false: "User: ...\nAssistant: ...\n", no template of its own
+    item = OrdinaryItem("x", "hello there, how are you?", "I am fine.", "I am fine.")
+    ids, roles = chat_roles(tok, item)
+    text = {g: "".join(tok.decode([i]) for i, r in zip(ids, roles) if r == g)
+            for g in ("markup", "template_text", "user", "assistant")}
+    # a word token carries the space after "User:"; it is still the user's word, not markup
+    assert (text["user"].strip(), text["assistant"].strip()) == (item.user, item.assistant)
+    assert text["template_text"] == ""
+    assert text["markup"].replace(" ", "") == "User:\nAssistant:\n"
+
+
 def test_a_latent_planted_on_a_template_word_fires_on_template_tokens_only(tiny_model, tmp_path):
     hook = "blocks.0.hook_resid_post"
     tok = tiny_model.tokenizer

@@ -1,6 +1,8 @@
 """`tables`: the cross-card aggregates on hand-computed cards (psm_repro/report/tables.py); the committed
 results/README.md regenerating byte for byte is tests/cli/test_cli.py's."""
 
+import pytest
+
 
 def test_tables_aggregate_mean_rank_and_wins_against_the_latent():
     from psm_repro.report.tables import methods_sections
@@ -29,22 +31,54 @@ def test_tables_aggregate_mean_rank_and_wins_against_the_latent():
     assert "| [imported](imported/summary.md) | 0.100 (2) | 0.900 (1) |" in text  # listed, not aggregated
 
 
-def test_the_cross_model_table_puts_each_persona_on_every_model_side_by_side():
-    from psm_repro.report.tables import cross_model_section
+@pytest.mark.parametrize("states, signed, expected", [
+    ([1, 1], True, "**replicates**"),
+    ([1, 0], True, "does not replicate"),
+    ([1, -1], True, "**opposite**"),
+    ([0, -1], True, "holds on neither"),  # the claim is "above 0": a reversal alone is not a replication of it
+    ([0, 0], True, "holds on neither"),
+    ([1, None], True, "not comparable"),
+    ([-1, -1], False, "**replicates**"),  # unsigned: the same sign on every model, whichever it is
+    ([-1, 0], False, "does not replicate"),
+    ([-1, 1], False, "**opposite**"),
+    ([0, 0], False, "holds on neither"),
+])
+def test_the_cross_model_call_is_read_off_the_states(states, signed, expected):
+    from psm_repro.report.cross_model import call
 
-    def card(model, auroc, n, reliable, diff):
-        cell = {"diff": diff, "ci_low": diff - 0.1, "ci_high": diff + 0.1, "beats": reliable and diff > 0.1}
-        if not reliable:
-            cell["verdict"] = "judge not valid"
+    assert call(states, signed) == expected
+
+
+@pytest.mark.parametrize("lo, hi, significant, expected", [
+    (0.1, 0.3, True, 1), (-0.3, -0.1, True, -1), (-0.1, 0.3, True, 0), (0.1, 0.3, False, 0),
+    (float("nan"), 0.2, True, None), (0.0, 0.3, True, 0),  # an interval touching 0 does not exclude it
+])
+def test_a_claims_state_is_the_side_of_zero_its_interval_is_on(lo, hi, significant, expected):
+    from psm_repro.report.cross_model import state
+
+    assert state(lo, hi, significant) == expected
+
+
+def test_the_cross_model_section_puts_each_persona_on_every_model_with_a_call(tmp_path):
+    from psm_repro.report.cross_model import cross_model_section
+
+    def card(model, diff, reliable, significant):
+        cell = {"diff": diff, "ci_low": diff - 0.1, "ci_high": diff + 0.1, "beats": reliable and diff > 0.1,
+                "verdict": ("beats" if diff > 0.1 else "no") if reliable else "judge not valid"}
         return {"model": model, "sae": f"{model}_sae", "persona": "secrecy",
                 "finder": {"top_score": 1.5, "shuffled_max_score_p95": 0.4, "reuse_rate": 0.3,
-                           "reuse_rate_shuffled": 0.1},
-                "steering": {"judge_reliable": reliable, "judge_validity": {"n": n, "auroc_headline": auroc},
-                             "headline": {k: cell for k in ("vs_unsteered", "vs_random_latent", "vs_dense_direction",
-                                                            "vs_system_prompt")}}}
+                           "reuse_rate_shuffled": 0.1, "significant_shared": significant},
+                "steering": {"judge_reliable": reliable, "methods": [],
+                             "headline": {f"vs_{k}": cell for k in ("unsteered", "random_latent", "dense_direction",
+                                                                     "system_prompt")}}}
 
-    assert cross_model_section([("steer_secrecy", card("a", 0.9, 200, True, 0.3))]) == []  # one model: no table
-    text = "\n".join(cross_model_section([("steer_secrecy", card("a", 0.9, 200, True, 0.3)),
-                                          ("b/steer_secrecy", card("b", float("nan"), 0, False, 0.3))]))
-    assert "| [secrecy](steer_secrecy/summary.md) | a / a_sae | 1.50 (0.40) | 0.30 (0.10) | 0.90 | 0.30 [0.20, 0.40] **beats**" in text
-    assert "| [secrecy](b/steer_secrecy/summary.md) | b / b_sae | 1.50 (0.40) | 0.30 (0.10) | not validated | 0.30 [0.20, 0.40] judge not valid" in text
+    assert cross_model_section([("steer_secrecy", card("smollm2_135m_it", 0.3, True, 3))], [], tmp_path) == []
+    text = "\n".join(cross_model_section([("steer_secrecy", card("smollm2_135m_it", 0.3, True, 3)),
+                                          ("b/steer_secrecy", card("b", 0.3, True, 0))], [], tmp_path))
+    assert "| persona | smollm2_135m_it | b | call |" in text  # the embedded default first
+    assert "| secrecy | [1.50 vs 0.40](steer_secrecy/summary.md), 3 pass FDR; reuse 0.30 (0.10) | " \
+           "[1.50 vs 0.40](b/steer_secrecy/summary.md), 0 pass FDR; reuse 0.30 (0.10) | does not replicate |" in text
+    assert "| secrecy: latent - unsteered | 0.30 [0.20, 0.40] | 0.30 [0.20, 0.40] | **replicates** |" in text
+    unvalidated = "\n".join(cross_model_section([("steer_secrecy", card("smollm2_135m_it", 0.3, True, 3)),
+                                                 ("b/steer_secrecy", card("b", 0.3, False, 3))], [], tmp_path))
+    assert "| secrecy: latent - unsteered | 0.30 [0.20, 0.40] | 0.30 [0.20, 0.40] n/v | not comparable |" in unvalidated
