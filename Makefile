@@ -49,8 +49,9 @@ sae: setup
 	$(PY) -m psm_repro build-corpus
 	$(PY) -m psm_repro train-sae
 
-# The second real model, Gemma 3 270M (base), with its own SAE: the 7 persona cards under results/gemma3_270m/
-# (~6 min each on 2 cores; the old cards are moved to runs/replaced/, never deleted).
+# The second real model, Gemma 3 270M (base), with its own SAE: the 7 persona cards and the EM card under
+# results/gemma3_270m/ (~10 min per persona card and ~NN min for EM on 2 cores; the old cards are moved to
+# runs/replaced/, never deleted), then the judge validity per model (Gemma's labels included) and the tables.
 GEMMA3 := model=gemma3_270m sae=gemma3_270m_l12_topk
 results-gemma3: setup
 	@for p in $(EXPERIMENTS); do \
@@ -58,6 +59,10 @@ results-gemma3: setup
 	  if [ -d $$d ]; then mkdir -p runs/replaced && mv $$d runs/replaced/gemma3_270m_steer_$$p.$$(date +%s); fi; \
 	  $(PY) -m psm_repro run experiment=steer_$$p $(GEMMA3) hydra.run.dir=$$d || exit 1; \
 	done
+	@if [ -d results/gemma3_270m/em_risky_finance ]; then mkdir -p runs/replaced && mv results/gemma3_270m/em_risky_finance runs/replaced/gemma3_270m_em_risky_finance.$$(date +%s); fi
+	$(PY) -m psm_repro finetune experiment=em_risky_finance $(GEMMA3) hydra.run.dir=results/gemma3_270m/em_risky_finance
+	@if [ -d results/judge_validation ]; then mkdir -p runs/replaced && mv results/judge_validation runs/replaced/judge_validation.$$(date +%s); fi
+	$(PY) -m psm_repro validate-judge judge.out_dir=results/judge_validation
 	$(PY) -m psm_repro tables
 
 # Gemma 3 270M's SAE from scratch: the corpus (SmolLM2's re-encoded + Gemma's own text), then ~25 min of training.

@@ -34,6 +34,15 @@ def _sampling_rows(g: dict) -> list[str]:
             f"| NucleusWarper / HF's warpers | {g['sampled']['median'] / g['hf_sampled']['median']:.2f}x | | |"]
 
 
+def _unembedding_rows(r: dict) -> list[str]:
+    u = r.get("unembedding")
+    if not u:
+        return []
+    return [f"| greedy generate: share of wall time in the unembedding ({u['vocab']:,}-token vocabulary) | "
+            f"{u['share_median']:.0%} ({u['share_min']:.0%}-{u['share_max']:.0%}) | | |",
+            f"| unembedding's share of the matmul parameters (FLOPs per token) | {u['head_param_share']:.0%} | | |"]
+
+
 def _training_rows(r: dict, ok: dict) -> list[str]:
     if "sae_training_tokens_per_s" not in r:
         return []
@@ -66,6 +75,7 @@ def render(r: dict) -> str:
              f"{'yes' if ok['steered_vs_hf_generate'] else 'NO'} |",
              f"| sweep, batched vs sequential coefficients | {ratios['batched_sweep_speedup']:.2f}x | >= 3x | "
              f"{'yes' if ok['batched_sweep_speedup'] else 'NO'} |",
+             *_unembedding_rows(r),
              *_training_rows(r, ok),
              *_load_rows(r["load_s"])]
     if "cold_load_s" in r:

@@ -152,6 +152,7 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
         return 1
 
     sweep = _timed({"batched": batched, "sequential": sequential}, b.repeats)
+    unembedding = unembedding_share(model, lambda: generate(model, prompts, b.gen_tokens, 0.0, cfg.seed), b.repeats)
     training = _training_rates(model, sae, cfg, hook, b.repeats)
     ceiling = matmul_flops(max(5, b.repeats), model.device, model.dtype)
     fpt = forward_flops_per_token(model, layer, sae)
@@ -163,6 +164,7 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
         "model": cfg.model.name, "sae": cfg.sae.name, "hook": hook, "repeats": b.repeats, "scan_repeats": b.scan_repeats,
         "scan_tokens_per_s": scan, "generation_tokens_per_s": gen, "sweep_runs_per_s": sweep,
         "sae_training_tokens_per_s": training, "sae_training_activation_dtype": cfg.train_sae.activation_dtype,
+        "unembedding": unembedding,
         "load_s": load,
         "matmul_flops_per_s": ceiling, "scan_flops_per_token": fpt,
         "scan_fraction_of_ceiling": scan["psm_repro"]["median"] * fpt / ceiling,
@@ -188,6 +190,46 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
     write_json(out_dir / "bench.json", result)
     write_text(out_dir / "bench.md", render(result))
     return result
+
+
+def unembedding_share(model: HookedModel, run: Callable[[], object], repeats: int) -> dict:
+    """Share of a generation's wall time spent in the unembedding (the output projection to the vocabulary),
+    timed by hooks around that module on each call, over `repeats` runs of `run`; plus its share of the
+    parameters, for comparison (a matmul's FLOPs per token are proportional to its parameters)."""
+    head = model.model.get_output_embeddings()
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    spent, start = [0.0], [0.0]
+
+    def before(module, args):
+        sync()
+        start[0] = time.perf_counter()
+
+    def after(module, args, output):
+        sync()
+        spent[0] += time.perf_counter() - start[0]
+
+    handles = [head.register_forward_pre_hook(before), head.register_forward_hook(after)]
+    shares = []
+    try:
+        run()  # warm-up
+        for _ in range(repeats):
+            spent[0] = 0.0
+            sync()
+            t0 = time.perf_counter()
+            run()
+            sync()
+            shares.append(spent[0] / (time.perf_counter() - t0))
+    finally:
+        for h in handles:
+            h.remove()
+    n_head = head.weight.numel()
+    embedding = model.model.get_input_embeddings().weight
+    tied = head.weight.data_ptr() == embedding.data_ptr()
+    # parameters() counts a tied weight once; an untied input embedding is a lookup, not a matmul
+    matmul = sum(p.numel() for p in model.model.parameters()) - (0 if tied else embedding.numel())
+    return {"share_median": statistics.median(shares), "share_min": min(shares), "share_max": max(shares),
+            "vocab": head.weight.shape[0], "head_params": n_head, "matmul_params": matmul,
+            "head_param_share": n_head / matmul}
 
 
 def _training_rates(model: HookedModel, sae, cfg: RunConfig, hook: str, repeats: int) -> dict[str, dict]:

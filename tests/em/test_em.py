@@ -162,6 +162,7 @@ def test_finetune_command_writes_the_result_card(tiny_model_dir, tiny_sae_dir, t
     assert (out / "adapters" / "narrow" / "adapter_model.safetensors").exists()
     card = (out / "summary.md").read_text()
     assert "Did narrow fine-tuning produce broad misalignment?" in card and "judge not valid" in card
+    assert s["judge_labels_model"] == "smollm2_135m_it"  # whose replies the EM labels are
     assert "narrow - control broad misalignment" in capsys.readouterr().out
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert {"p_misaligned", "coherent", "leak"} <= set(samples[0])

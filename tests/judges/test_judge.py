@@ -132,25 +132,31 @@ def test_judge_cli_scores_in_input_order_and_gates_word_salad(tmp_path, capsys):
 
 
 def test_committed_judge_validity_meets_the_targets_and_reproduces():
-    """Golden numbers: the committed validate-judge table holds the targets, and one persona's row is recomputed
-    from the shipped labels (out of fold, same seed) to the same numbers."""
+    """Golden numbers: the committed validate-judge table holds the embedded default's targets, has a row per
+    persona for each labelled model with both classes present, and one persona's row per model is recomputed
+    from the shipped labels (out of fold, same seed, fitted on that model's labels) to the same numbers."""
     import csv
 
     from psm_repro.core.paths import PROJECT_ROOT
     from psm_repro.judges.judge import Encoder, ReferenceLM, load_labelled
-    from psm_repro.judges.validation import out_of_fold, shipped_personas
+    from psm_repro.judges.validation import fit_labels, out_of_fold, shipped_personas
 
     with open(PROJECT_ROOT / "results" / "judge_validation" / "validity.csv") as fh:
-        rows = {r["persona"]: r for r in csv.DictReader(fh)}
-    assert float(rows["pooled"]["auroc_headline"]) >= 0.85
-    for name, r in rows.items():
-        assert float(r["auroc_headline"]) >= 0.75, name
+        rows = {(r["model"], r["persona"]): r for r in csv.DictReader(fh)}
     personas = shipped_personas()
+    assert float(rows[("smollm2_135m_it", "pooled")]["auroc_headline"]) >= 0.85
+    for p in personas:
+        assert float(rows[("smollm2_135m_it", p.name)]["auroc_headline"]) >= 0.75, p.name
+        g = rows[("gemma3_270m", p.name)]  # Gemma 3's own labels: >= 150 per persona, both classes
+        assert int(g["n"]) >= 150 and 0 < int(g["n_headline"]) < int(g["n"]), p.name
     toxic = next(p for p in personas if p.name == "toxic_persona")
     labelled = load_labelled(PROJECT_ROOT / "experiments" / "judge_sets")
-    own, s, salad = out_of_fold(toxic, [p for p in personas if p is not toxic], labelled, Encoder(), ReferenceLM(), 0)
-    v = validity(own, s, "embedding", "toxic_persona", salad)
-    assert v.auroc_headline == pytest.approx(float(rows["toxic_persona"]["auroc_headline"]), abs=1e-6)
+    encoder, ref = Encoder(), ReferenceLM()
+    for model in ("smollm2_135m_it", "gemma3_270m"):
+        own, s, salad = out_of_fold(toxic, [p for p in personas if p is not toxic], fit_labels(labelled, model),
+                                    encoder, ref, 0, model=model)
+        v = validity(own, s, "embedding", "toxic_persona", salad, model)
+        assert v.auroc_headline == pytest.approx(float(rows[(model, "toxic_persona")]["auroc_headline"]), abs=1e-6)
     assert v.salad_score < v.fluent_trait_score
 
 
@@ -263,3 +269,13 @@ def test_a_model_without_labels_of_its_own_gets_no_validity_and_transfer_is_meas
     _, v = judge_for_run(toxic, str(sets), 0, model="second")
     assert v.n == len(second) and v.transfer_from == "smollm2_135m_it"
     assert v.transfer_auroc_headline == pytest.approx(auc)
+
+
+def test_a_judge_is_fitted_on_the_steered_models_own_labels_when_it_has_any():
+    from psm_repro.judges.validation import fit_labels
+
+    lab = Labelled(["p"] * 4, ["q"] * 4, ["a", "b", "c", "d"], np.array([1, 0, 1, 0]), np.array([1, 1, 0, 1]),
+                   ["unsteered"] * 4, ["m1", "m2", "m1", "m2"])
+    assert fit_labels(lab, "m1").reply == ["a", "c"]  # another model's labels leave m1's judge as it was
+    assert fit_labels(lab, "m2").reply == ["b", "d"]
+    assert fit_labels(lab, "m3").reply == ["a", "b", "c", "d"]  # no labels of its own: every label there is
