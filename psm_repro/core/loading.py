@@ -48,6 +48,15 @@ def skeleton(where: str, tokenizer, name: str, local_only: bool = False) -> Hook
     return HookedModel(model, tokenizer, name=name)
 
 
+def context_length(where: str) -> int | None:
+    """The model's maximum positions (`max_position_embeddings`, a multimodal config's text part included)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(where)
+    config = getattr(config, "text_config", None) or config
+    return getattr(config, "max_position_embeddings", None)
+
+
 class SAEFacts(NamedTuple):
     d_in: int | None
     hook: str | None
@@ -84,12 +93,13 @@ def saes_for_hint(model_name: str) -> str:
     return f"; SAE configs for {model_name}: " + ", ".join(f"sae={n}" for n in names) if names else ""
 
 
-def load_model(cfg: ModelConfig, before_weights: Callable[[object], None] | None = None,
+def load_model(cfg: ModelConfig, before_weights: Callable[[object, int | None], None] | None = None,
                sae: SAEConfig | None = None) -> HookedModel:
     """Load a causal LM and its tokenizer through `from_pretrained` and wrap it with hooks.
 
-    Before any weights load (or download), `before_weights(tokenizer)` runs and `sae` is checked against the
-    model's config (width, hook), so input the chat format or the model cannot take fails in seconds."""
+    Before any weights load (or download), `before_weights(tokenizer, context)` runs (`context`: the model's
+    maximum positions, from its config) and `sae` is checked against the model's config (width, hook), so input
+    the chat format or the model cannot take fails in seconds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if cfg.source == "embedded":
@@ -108,7 +118,7 @@ def load_model(cfg: ModelConfig, before_weights: Callable[[object], None] | None
         raise LoadError(f"model.chat=true but {cfg.name} ({where}) has no chat template; a base model needs "
                         "model.chat=false")
     if before_weights is not None:
-        before_weights(tokenizer)
+        before_weights(tokenizer, context_length(where))
     if sae is not None:
         check_sae_fits(skeleton(where, tokenizer, cfg.name), sae)
     if cfg.n_devices > 1:

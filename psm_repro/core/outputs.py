@@ -49,10 +49,22 @@ def write_json(path: Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def read_input_text(path: Path, error: type[Exception] = ValueError) -> str:
+    """A data file as people write it: UTF-8 with or without a byte-order mark, LF or CRLF line ends (read as
+    LF). Bytes that are not UTF-8 raise `error` naming file:line, never a traceback or mojibake."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def read_jsonl(path: Path, error: type[Exception] = ValueError) -> list[tuple[int, object]]:
     """(line number, parsed value) for every non-blank line; a bad line raises `error` naming file and line."""
     out = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(read_input_text(path, error).split("\n"), 1):
         if line.strip():
             try:
                 out.append((n, json.loads(line)))

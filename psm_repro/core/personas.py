@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from psm_repro.config.sections import MIN_EVAL_ITEMS, SPLIT_WHY
+from psm_repro.core.outputs import read_input_text
 from psm_repro.core.paths import PROJECT_ROOT
 from psm_repro.core.persona_rules import (MIN_PAIRS, PAIRS_WHY, SEARCH_KEYS, SITUATION_KEYS, SOURCES, FieldReporter,
                                           Judge, Pair, PersonaError, all_texts, check_eval, check_paired)
@@ -128,13 +129,16 @@ class _Checker:
 
 
 def read_yaml(path: Path) -> tuple[object, _Checker]:
-    """Parse a data file; a syntax error becomes `file:line: not valid YAML`."""
-    text = path.read_text()
+    """Parse a data file (UTF-8, BOM and CRLF welcome); a syntax error becomes `file:line: not valid YAML`."""
+    text = read_input_text(path, PersonaError)
     try:
         return yaml.safe_load(text), _Checker(path, text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise PersonaError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML") from None
+        line = mark.line + 1 if mark else 1
+        tab = "\t" in text.split("\n")[line - 1] or "'\\t'" in str(getattr(err, "problem", ""))
+        raise PersonaError(f"{path}:{line}: not valid YAML" + (" (a tab: YAML indents with spaces)" if tab else "")
+                           ) from None
 
 
 def load_persona(path: str | Path, shipped: bool = False) -> Persona:

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from psm_repro.core.outputs import read_input_text
+
 TRAIT_KEYS = ("instruction", "questions", "eval_prompt")
 AB_KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
 LETTER = re.compile(r"^\(([A-Za-z])\)$")
@@ -64,7 +66,7 @@ class Peers:
 
 def _load_json(path: Path):
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_input_text(path, PeerFormatError))
     except json.JSONDecodeError as err:
         raise PeerFormatError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
 

@@ -44,9 +44,14 @@ def _data_files(cfg: RunConfig, persona) -> list[Path]:
     return files
 
 
-def check_encodable(persona, tokenizer, system: str | None = None) -> None:
-    """Every chat and prompt of the persona through the model's chat format, before any compute: a chat the
-    template cannot express fails here, naming the file and item."""
+def check_encodable(persona, tokenizer, system: str | None = None, context: int | None = None,
+                    new_tokens: int = 0) -> None:
+    """Every chat, prompt and narrative of the persona through the model's chat format, before any compute: a
+    chat the template cannot express, or an item longer than the model's `context` (an eval prompt plus the
+    `new_tokens` a reply may add), fails here naming the file, the item, its length and the limit. Nothing is
+    ever cut to fit."""
+    from psm_repro.core.chat import text_ids
+
     items = [(f"search.{key}[{i}]", chat) for key in ("assistant", "assistant_neutral", "situation",
                                                        "situation_neutral")
              for i, chat in enumerate(getattr(persona, key))]
@@ -56,9 +61,21 @@ def check_encodable(persona, tokenizer, system: str | None = None) -> None:
                                                             {"role": "user", "content": persona.prompts[0]}])]
     for where, chat in items:
         try:
-            (encode_chat if chat[-1]["role"] == "assistant" else encode_prompt)(tokenizer, chat)
+            ids = (encode_chat if chat[-1]["role"] == "assistant" else encode_prompt)(tokenizer, chat)
         except ChatEncodingError as err:
             raise ChatEncodingError(f"{persona.path}: {where}: {err}") from None
+        n = len(ids.ids if hasattr(ids, "ids") else ids)
+        room = new_tokens if chat[-1]["role"] != "assistant" else 0
+        if context and n + room > context:
+            extra = f" + {room} new tokens" if room else ""
+            raise ChatEncodingError(f"{persona.path}: {where}: {n} tokens{extra} is longer than the model's context of "
+                                    f"{context}; shorten the item (items are never cut)")
+    for key in ("narrative", "narrative_neutral"):
+        for i, text in enumerate(getattr(persona, key)):
+            n = len(text_ids(tokenizer, text)) + 1  # + BOS
+            if context and n > context:
+                raise ChatEncodingError(f"{persona.path}: search.{key}[{i}]: {n} tokens is longer than the model's "
+                                        f"context of {context}; shorten the item (items are never cut)")
 
 
 def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
@@ -81,7 +98,9 @@ def run(cfg: RunConfig, out_dir: Path, steer_too: bool = True) -> dict:
     system = system_prompt(persona) if steer_too and persona.prompts else None
     if cfg.dashboard.enabled:
         check_reference(cfg.dashboard)
-    model = load_model(cfg.model, before_weights=lambda tok: check_encodable(persona, tok, system), sae=cfg.sae)
+    model = load_model(cfg.model, sae=cfg.sae, before_weights=lambda tok, context: check_encodable(
+        persona, tok, system, context, max(cfg.steer.max_new_tokens, cfg.finder.situation_max_new_tokens)
+        if steer_too else cfg.finder.situation_max_new_tokens))
     sae = load_sae(cfg.sae, model)
     # what needs the SAE itself, before any forward pass
     if steer_too:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,31 @@ def test_ranking_by_situation_without_situation_sets_fails_before_the_model_load
     err = capsys.readouterr().err.strip()
     assert "finder.rank_by=narrative_situation" in err and "bare/planted.yaml has no search.situation" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("where, words, needle", [
+    ("prompts", 500, r"eval.prompts\[2\]: \d+ tokens \+ 40 new tokens is longer than the model's context of 512"),
+    ("prompts", 470, r"eval.prompts\[2\]: \d+ tokens \+ 40 new tokens"),  # fits alone, not with its reply
+    ("narrative", 600, r"search.narrative\[2\]: \d+ tokens is longer than the model's context of 512"),
+])
+def test_an_item_longer_than_the_context_is_refused_before_the_weights_load(tiny_overrides, tmp_path, capsys, where,
+                                                                             words, needle):
+    import yaml
+
+    (tmp_path / "long").mkdir()
+    path = write_persona(tmp_path / "long", n=12)
+    data = yaml.safe_load(path.read_text())
+    long = " ".join(["garden"] * words)  # one token per word in the fixture's vocabulary
+    if where == "prompts":
+        data["eval"]["prompts"][2] = long + " ?"
+    else:
+        data["search"]["narrative"][2] = long
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "r"
+    assert main(["run", *tiny_overrides, f"persona_file={path}", f"hydra.run.dir={out}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and re.search(needle, err), err
+    assert "never cut" in err and not (out / "summary.json").exists()
 
 
 def test_a_persona_without_situations_says_so_in_its_card(tiny_overrides, tmp_path):

@@ -341,3 +341,39 @@ def test_the_legitimate_shapes_still_construct(tmp_path):
     assert ab.source == "caa" and not ab.narrative and len(ab.assistant) == 26
     with pytest.raises(PersonaError, match=r"panic_ab_test\.json: search\.assistant\[1\]: must start with a user"):
         dataclasses.replace(ab, assistant=[ab.assistant[0], ab.assistant[1][1:]] + ab.assistant[2:])
+
+
+def test_a_persona_file_saved_on_windows_reads_as_the_same_persona(tmp_path):
+    """CRLF line ends and a UTF-8 byte-order mark (what Notepad writes) change nothing that is read."""
+    (tmp_path / "unix").mkdir()
+    unix = write_persona(tmp_path / "unix", n=12)
+    win = tmp_path / "win" / unix.name
+    win.parent.mkdir()
+    win.write_bytes(b"\xef\xbb\xbf" + unix.read_bytes().replace(b"\n", b"\r\n"))
+    a, b = load_persona(unix), load_persona(win)
+    assert (a.name, a.prompts, a.pairs, a.assistant, a.narrative) == (b.name, b.prompts, b.pairs, b.assistant,
+                                                                      b.narrative)
+    assert all("\r" not in t for chat in b.assistant for m in chat for t in m["content"])
+
+
+def test_tabs_and_bytes_that_are_not_utf8_are_one_line_naming_file_and_line(tmp_path):
+    path = write_persona(tmp_path, n=12)
+    lines = path.read_text().split("\n")
+    tabbed = lines[:4] + ["\t" + lines[4]] + lines[5:]
+    path.write_text("\n".join(tabbed))
+    with pytest.raises(PersonaError, match=rf"{re.escape(str(path))}:5: not valid YAML \(a tab: YAML indents with "
+                                           "spaces\\)"):
+        load_persona(path)
+    raw = "\n".join(lines).encode()
+    third = raw.index(b"\n", raw.index(b"\n") + 1) + 1  # the start of line 3
+    path.write_bytes(raw[:third + 2] + b"\xe9" + raw[third + 2:])  # a Latin-1 "e acute"
+    with pytest.raises(PersonaError, match=rf"{re.escape(str(path))}:3: not valid UTF-8 \(byte 0xe9\)"):
+        load_persona(path)
+
+
+def test_a_jsonl_input_with_a_bom_and_crlf_reads_line_for_line(tmp_path):
+    from psm_repro.core.outputs import read_jsonl
+
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": "x"}\r\n\r\n{"a": "y\\r"}\r\n')
+    assert read_jsonl(path) == [(1, {"a": "x"}), (3, {"a": "y\r"})]  # an escaped \r in a value is kept
