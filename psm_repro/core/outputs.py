@@ -112,7 +112,13 @@ def claim_run_dir(out_dir: Path) -> Path:
     taken = [f for f in RESULT_FILES if (out_dir / f).exists()]
     if taken:
         raise RunDirError(f"{out_dir} already holds results ({', '.join(taken)}); choose a new hydra.run.dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:  # created and writable now, before any model loads, or one line naming the directory
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write_check_"):
+            pass
+    except OSError as err:
+        raise RunDirError(f"{out_dir}: cannot be created or written ({err.strerror or err}); choose another "
+                          "hydra.run.dir") from None
     return out_dir
 
 

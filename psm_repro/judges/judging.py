@@ -78,6 +78,8 @@ def validate_judges(cfg: RunConfig, out_dir: Path) -> list[Validity]:
     try:
         out_dir = claim_run_dir(out_dir)
     except RunDirError as err:
+        if "cannot be created" in str(err):
+            raise JudgeInputError(f"judge.out_dir: {err}") from None
         raise JudgeInputError(f"judge.out_dir: {out_dir} already holds a validity table; choose another") from err
     rows, scored = [], []
     encoder, ref = Encoder(), ReferenceLM()

@@ -46,3 +46,16 @@ def test_csv_with_any_token_text_reads_back_to_the_same_rows_with_pandas_and_csv
     frame = pd.read_csv(tmp_path / "f.csv", keep_default_na=False)
     assert frame["token"].tolist() == [token, "plain"] and frame["rank"].tolist() == [1, 2]
     assert frame["score"].tolist() == [0.5, 1.25]
+
+
+def test_an_output_directory_that_cannot_be_made_fails_in_one_line_before_the_model_loads(tmp_path, capsys):
+    from psm_repro.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory\n")
+    with pytest.raises(RunDirError, match=r"a_file/run: cannot be created or written \(Not a directory\)"):
+        claim_run_dir(blocker / "run")
+    # through the command, with a model path that does not exist: the directory fails first, in one line
+    assert main(["find", "model=hf_local", "model.path=/nonexistent/model", f"hydra.run.dir={blocker / 'run'}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot be created or written" in err and blocker.read_text()
