@@ -183,10 +183,13 @@ def run_bench(cfg: RunConfig, out_dir: Path) -> dict:
     result["situation_cost"] = _situation_cost(cfg) if cfg.model.is_judge_reference else {
         "skipped": "measured on the embedded default"}
     if b.end_to_end:
-        result["end_to_end"] = _end_to_end(out_dir)
+        # the card of the model being benched, not the embedded default's
+        models = () if cfg.model.is_judge_reference else (f"model={cfg.model.name}", f"sae={cfg.sae.name}")
+        result["end_to_end"] = _end_to_end(out_dir, models)
         if "dashboard_share" in result["end_to_end"]:
             result["ratios"]["dashboard_share_of_run"] = result["end_to_end"]["dashboard_share"]
-        result["peer_cost"] = peer_cost(model, cfg, result["end_to_end"], _end_to_end)
+        result["peer_cost"] = peer_cost(model, cfg, result["end_to_end"],
+                                        lambda d, extra=(): _end_to_end(d, models + tuple(extra)))
     write_json(out_dir / "bench.json", result)
     write_text(out_dir / "bench.md", render(result))
     return result
