@@ -173,6 +173,15 @@ def ensure_dequantized(name: str = DEFAULT) -> Path:
     out = dequantized_dir(name)
     if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
         return out
+    from psm_repro.core.locks import entry_lock
+
+    with entry_lock(out):  # another process may be writing it: wait, then use its copy
+        if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
+            return out
+        return _dequantize(name, out)
+
+
+def _dequantize(name: str, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

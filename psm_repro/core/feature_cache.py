@@ -273,8 +273,14 @@ def load_or_scan(model: HookedModel, sae, sae_name: str, cfg: DashboardConfig) -
     cache, why = load(path, key)
     if cache is not None:
         return cache
-    logger.info("feature cache %s: %s; scanning %d sequences (%d tokens) once", path, why, len(seqs),
-                sum(map(len, seqs)))
-    cache = scan(model, sae, seqs, cfg, key)
-    save(cache, path)
+    from psm_repro.core.locks import entry_lock
+
+    with entry_lock(path):  # one scan per entry, whatever number of processes ask for it
+        cache, why = load(path, key)
+        if cache is not None:
+            return cache
+        logger.info("feature cache %s: %s; scanning %d sequences (%d tokens) once", path, why, len(seqs),
+                    sum(map(len, seqs)))
+        cache = scan(model, sae, seqs, cfg, key)
+        save(cache, path)
     return cache

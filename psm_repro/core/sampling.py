@@ -43,16 +43,34 @@ def cached_replies(model, prompts: list[list[int]], sampling: Sampling, seed: in
     Returns (reply token ids, whether they came from the cache); an unreadable cache file is sampled again."""
     from psm_repro.core.feature_cache import model_hash
 
+    from psm_repro.core.locks import entry_lock
+
     key = replies_key(model_hash(model), prompts, sampling, seed)
     path = cache_dir / f"{key}.json"
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("key") == key and len(data["replies"]) == len(prompts) * sampling.samples:
-                return data["replies"], True
-        except (ValueError, KeyError, TypeError):
-            pass
-        logger.warning("reply cache %s is unreadable or stale; sampling again", path)
+    cached = _read_replies(path, key, len(prompts) * sampling.samples)
+    if cached is not None:
+        return cached, True
+    with entry_lock(path):  # another process may be sampling the same entry: wait and read its replies
+        cached = _read_replies(path, key, len(prompts) * sampling.samples)
+        if cached is not None:
+            return cached, True
+        return _sample(model, prompts, sampling, seed, path, key), False
+
+
+def _read_replies(path: Path, key: str, n: int) -> list[list[int]] | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("key") == key and len(data["replies"]) == n:
+            return data["replies"]
+    except (ValueError, KeyError, TypeError):
+        pass
+    logger.warning("reply cache %s is unreadable or stale; sampling again", path)
+    return None
+
+
+def _sample(model, prompts: list[list[int]], sampling: Sampling, seed: int, path: Path, key: str) -> list[list[int]]:
     rows = [p for p in prompts for _ in range(sampling.samples)]
     batch = rows_that_fit(model, max(map(len, rows)) + sampling.max_new_tokens, GENERATION_BATCH)
     out: list[list[int]] = []
@@ -61,4 +79,4 @@ def cached_replies(model, prompts: list[list[int]], sampling: Sampling, seed: in
                               top_p=sampling.top_p)
         out += replies
     write_json(path, {"key": key, "replies": out})
-    return out, False
+    return out

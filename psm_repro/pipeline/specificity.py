@@ -35,13 +35,30 @@ def _key(model_id: str, sae_id: str, persona: Persona, cfg: FinderConfig, seed: 
 def persona_scores(model, sae, persona: Persona, cfg: FinderConfig, seed: int, cache_dir: Path,
                    ids: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
     """(score_F, q_F) of the scripted shared contrast for one persona, from the cache when present."""
+    from psm_repro.core.locks import entry_lock
+
     path = cache_dir / f"{persona.name}-{_key(*ids, persona, cfg, seed)[:24]}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                return z["score"], z["q"]
-        except (OSError, ValueError, KeyError):
-            logger.warning("specificity cache %s is unreadable; recomputing", path)
+    cached = _read_scores(path)
+    if cached is not None:
+        return cached
+    with entry_lock(path):  # one computation per entry across processes sharing the cache
+        cached = _read_scores(path)
+        return cached if cached is not None else _compute_scores(model, sae, persona, cfg, seed, path)
+
+
+def _read_scores(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            return z["score"], z["q"]
+    except (OSError, ValueError, KeyError):
+        logger.warning("specificity cache %s is unreadable; recomputing", path)
+    return None
+
+
+def _compute_scores(model, sae, persona: Persona, cfg: FinderConfig, seed: int, path: Path
+                    ) -> tuple[np.ndarray, np.ndarray]:
     ranked = rank_latents(persona_activations(model, sae, persona, cfg), cfg, seed)
     score, q = ranked["score"].numpy().astype(np.float32), np.asarray(ranked["q"], dtype=np.float32)
     buf = io.BytesIO()

@@ -233,6 +233,39 @@ def test_multirun_sweeps_through_hydra_with_one_run_directory_each(tiny_model_di
     assert len(cards) == 2
 
 
+def test_parallel_finds_on_one_fresh_cache_agree_and_leave_valid_caches(tiny_overrides, tmp_path, monkeypatch):
+    """Three `find` jobs at once through the shipped joblib launcher, sharing one fresh cache: the feature cache,
+    the situation replies and the specificity scores are each written once and read by the others, and every run
+    gets the card a lone run gets."""
+    import numpy as np
+    from safetensors import safe_open
+
+    monkeypatch.setenv("PSM_REPRO_CACHE", str(tmp_path / "fresh_cache"))
+    sweep = tmp_path / "sweep"
+    args = ["-m", "find", *tiny_overrides, "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=3",
+            "experiment_name=par_a,par_b,par_c", f"hydra.sweep.dir={sweep}"]
+    assert main(args) == 0
+    cards = sorted(sweep.glob("*/features.csv"))
+    assert len(cards) == 3 and len({c.read_text() for c in cards}) == 1  # the same seed, the same table
+    lone = tmp_path / "lone"
+    assert main(["find", *tiny_overrides, f"hydra.run.dir={lone}"]) == 0
+    assert (lone / "features.csv").read_text() == cards[0].read_text()
+    caches = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".") and
+              p.suffix in (".safetensors", ".json", ".npz") and "cache" in str(p.relative_to(tmp_path))]
+    kinds = {p.suffix for p in caches}
+    assert {".safetensors", ".json", ".npz"} <= kinds, caches
+    for p in caches:  # each one complete and readable
+        if p.suffix == ".safetensors":
+            with safe_open(str(p), "pt") as fh:
+                assert fh.keys()
+        elif p.suffix == ".json":
+            assert json.loads(p.read_text())
+        else:
+            with np.load(p) as z:
+                assert z["score"].shape == z["q"].shape
+    assert not [p for p in tmp_path.rglob("*.tmp*")]  # no half-written entry left behind
+
+
 def test_plan_prints_what_would_run_without_loading_anything(capsys):
     # a registry SAE and a hub model: nothing may be downloaded (tests are offline), so this only works
     # if plan=true really loads nothing
