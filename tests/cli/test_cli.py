@@ -266,6 +266,46 @@ def test_parallel_finds_on_one_fresh_cache_agree_and_leave_valid_caches(tiny_ove
     assert not [p for p in tmp_path.rglob("*.tmp*")]  # no half-written entry left behind
 
 
+def test_runs_killed_at_each_stage_leave_caches_that_rerun_to_the_uninterrupted_card(tiny_overrides, tmp_path):
+    """SIGKILL while the model loads, during the finder and specificity check (situation replies already
+    cached), and during the feature-cache scan, one after another on one cache; the run after the last kill must give, byte for byte, the card of a run that was
+    never interrupted (on a cache of its own)."""
+    import os
+    import signal
+
+    def args(run_dir, cache):
+        keep = [a for a in tiny_overrides if not a.startswith(("finder.cache_dir=", "dashboard.cache_dir="))]
+        return [sys.executable, "-m", "psm_repro", "find", *keep, f"finder.cache_dir={cache / 'finder'}",
+                f"dashboard.cache_dir={cache / 'features'}", f"hydra.run.dir={run_dir}"]
+
+    def env(cache):
+        return {**os.environ, "PSM_REPRO_CACHE": str(cache / "root")}
+
+    def killed_at(pattern, run_dir, cache):
+        """Start a run and SIGKILL it the moment its log prints `pattern` (the stage after it is under way)."""
+        proc = subprocess.Popen(args(run_dir, cache), stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env(cache))
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if re.search(pattern, line):
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, "".join(seen[-5:])  # killed, not finished
+
+    clean = tmp_path / "clean"
+    r = subprocess.run(args(tmp_path / "clean_run", clean), capture_output=True, text=True, cwd=ROOT, env=env(clean))
+    assert r.returncode == 0, r.stderr[-500:]
+    cache = tmp_path / "killed"
+    for k, pattern in enumerate(("Loading weights|loading", r"situations read", r"feature cache .*scanning")):
+        killed_at(pattern, tmp_path / f"killed_{k}", cache)
+    final = tmp_path / "after_kills"
+    r = subprocess.run(args(final, cache), capture_output=True, text=True, cwd=ROOT, env=env(cache))
+    assert r.returncode == 0, r.stderr[-500:]
+    for name in ("features.csv", "situation_replies.jsonl", "summary.md"):
+        assert (final / name).read_bytes() == (tmp_path / "clean_run" / name).read_bytes(), name
+
+
 def test_plan_prints_what_would_run_without_loading_anything(capsys):
     # a registry SAE and a hub model: nothing may be downloaded (tests are offline), so this only works
     # if plan=true really loads nothing
