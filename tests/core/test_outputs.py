@@ -29,7 +29,13 @@ def test_csv_round_trip(tmp_path):
     assert read_csv(tmp_path / "t.csv") == [{"a": "1", "b": "0.123457"}]
 
 
-@pytest.mark.parametrize("token", ["\r", "a\rb", "\r\n", "x\ny", 'say "hi", ok', "\t", "🙂 émoji", "⏎   "])
+ADVERSARIAL = ["\r", "a\rb", "\r\n", "x\ny", 'say "hi", ok', "\t", "🙂 émoji", "⏎   ", "a\x00b", '"', ",", " ",
+               "\u2028", "nan", "-1e5", "=cmd()"]
+"""Token strings a 262k vocabulary really has: bare carriage returns, NUL, quotes, separators, a line
+separator, and text pandas would happily read as a number or a missing value."""
+
+
+@pytest.mark.parametrize("token", ADVERSARIAL)
 def test_csv_with_any_token_text_reads_back_to_the_same_rows_with_pandas_and_csv(tmp_path, token):
     """A latent's promoted token can be any string: a bare "\\r" once split features.csv into a junk row."""
     import csv
@@ -59,3 +65,13 @@ def test_an_output_directory_that_cannot_be_made_fails_in_one_line_before_the_mo
     assert main(["find", "model=hf_local", "model.path=/nonexistent/model", f"hydra.run.dir={blocker / 'run'}"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot be created or written" in err and blocker.read_text()
+
+
+@pytest.mark.parametrize("token", ADVERSARIAL)
+def test_jsonl_with_any_token_text_reads_back_line_for_line(tmp_path, token):
+    from psm_repro.core.outputs import read_jsonl, write_jsonl
+
+    rows = [{"token": token, "n": 1}, {"token": "plain", "n": 2.5}]
+    write_jsonl(tmp_path / "f.jsonl", rows)
+    assert [r for _, r in read_jsonl(tmp_path / "f.jsonl")] == rows
+    assert len((tmp_path / "f.jsonl").read_bytes().split(b"\n")) == 3  # one line per row, whatever the text
