@@ -75,3 +75,21 @@ def test_jsonl_with_any_token_text_reads_back_line_for_line(tmp_path, token):
     write_jsonl(tmp_path / "f.jsonl", rows)
     assert [r for _, r in read_jsonl(tmp_path / "f.jsonl")] == rows
     assert len((tmp_path / "f.jsonl").read_bytes().split(b"\n")) == 3  # one line per row, whatever the text
+
+
+def test_written_files_get_the_permissions_open_would_give_not_the_temp_files_0600(tmp_path):
+    import os
+
+    from psm_repro.core.outputs import write_bytes, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.md", "é\n")
+        write_bytes(tmp_path / "b.bin", b"\x00")
+        with open(tmp_path / "c.txt", "w") as fh:  # the reference: a plain open()
+            fh.write("x")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes["a.md"] == modes["b.bin"] == modes["c.txt"] == 0o644
+    assert (tmp_path / "a.md").read_bytes() == "é\n".encode()
