@@ -50,7 +50,7 @@ sae: setup
 	$(PY) -m psm_repro train-sae
 
 # The second real model, Gemma 3 270M (base), with its own SAE: the 7 persona cards and the EM card under
-# results/gemma3_270m/ (~10 min per persona card and ~NN min for EM on 2 cores; the old cards are moved to
+# results/gemma3_270m/ (~10-15 min per persona card and ~46 min for EM on 2 cores; the old cards are moved to
 # runs/replaced/, never deleted), then the judge validity per model (Gemma's labels included) and the tables.
 GEMMA3 := model=gemma3_270m sae=gemma3_270m_l12_topk
 results-gemma3: setup

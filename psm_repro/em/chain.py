@@ -250,8 +250,9 @@ def render_summary(s: dict) -> str:
         lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
     lines += ["", f"**Answer: {h['broad_misalignment_answer']}**", ""]
     if s["reader_vs_judge"]:
-        lines += ["Reader and judge on the labelled unsteered replies of each model (a check that the judge's rates "
-                  "track reading, not only its ranking):", "",
+        whose = "" if on == s["model"] else f" of {on}'s chain (the labels are {on}'s, not this model's)"
+        lines += [f"Reader and judge on the labelled unsteered replies of each model{whose} (a check that the judge's "
+                  "rates track reading, not only its ranking):", "",
                   "| model | n | broad: reader / judge | incoherent: reader / judge | leak: reader / detector |",
                   "|---|---|---|---|---|"]
         for r in s["reader_vs_judge"]:
