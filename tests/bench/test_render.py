@@ -12,7 +12,7 @@ from psm_repro.bench.render import TARGETS, render
 RESULTS = Path(__file__).parents[2] / "results" / "bench"
 
 
-@pytest.mark.parametrize("run", ["", "h100"])
+@pytest.mark.parametrize("run", ["", "h100", "gemma3_270m"])
 def test_the_committed_bench_tables_regenerate_from_their_json(run):
     saved = RESULTS / run
     assert render(json.loads((saved / "bench.json").read_text())) == (saved / "bench.md").read_text()
