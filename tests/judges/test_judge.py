@@ -145,19 +145,22 @@ def test_committed_judge_validity_meets_the_targets_and_reproduces():
         rows = {(r["model"], r["persona"]): r for r in csv.DictReader(fh)}
     personas = shipped_personas()
     assert float(rows[("smollm2_135m_it", "pooled")]["auroc_headline"]) >= 0.85
+    labelled = load_labelled(PROJECT_ROOT / "experiments" / "judge_sets")
+    gemma = sorted({p for p, m in zip(labelled.persona, labelled.model) if m == "gemma3_270m"})
+    assert len(gemma) >= 6  # Gemma 3's own labels (docs/judge_validation.md, "Per model")
     for p in personas:
         assert float(rows[("smollm2_135m_it", p.name)]["auroc_headline"]) >= 0.75, p.name
-        g = rows[("gemma3_270m", p.name)]  # Gemma 3's own labels: >= 150 per persona, both classes
-        assert int(g["n"]) >= 150 and 0 < int(g["n_headline"]) < int(g["n"]), p.name
-    toxic = next(p for p in personas if p.name == "toxic_persona")
-    labelled = load_labelled(PROJECT_ROOT / "experiments" / "judge_sets")
+    for name in gemma:  # >= 150 per labelled persona, both classes, a row in the table
+        g = rows[("gemma3_270m", name)]
+        assert int(g["n"]) >= 150 and 0 < int(g["n_headline"]) < int(g["n"]), name
+    secrecy = next(p for p in personas if p.name == "secrecy")
     encoder, ref = Encoder(), ReferenceLM()
     for model in ("smollm2_135m_it", "gemma3_270m"):
-        own, s, salad = out_of_fold(toxic, [p for p in personas if p is not toxic], fit_labels(labelled, model),
+        own, s, salad = out_of_fold(secrecy, [p for p in personas if p is not secrecy], fit_labels(labelled, model),
                                     encoder, ref, 0, model=model)
-        v = validity(own, s, "embedding", "toxic_persona", salad, model)
-        assert v.auroc_headline == pytest.approx(float(rows[(model, "toxic_persona")]["auroc_headline"]), abs=1e-6)
-    assert v.salad_score < v.fluent_trait_score
+        v = validity(own, s, "embedding", "secrecy", salad, model)
+        assert v.auroc_headline == pytest.approx(float(rows[(model, "secrecy")]["auroc_headline"]), abs=1e-6)
+        assert v.salad_score < v.fluent_trait_score, model
 
 
 def _oracle_server(answer):
