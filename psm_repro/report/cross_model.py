@@ -250,9 +250,14 @@ def _em(em_runs, models) -> list[str]:
                      {m: (f"{s['headline']['toxic_latent']}: {s['headline']['toxic_rank']} of {s['d_sae']}", None)
                       for m, s in ms.items()}, None))
         for check in ("top_amplify", "toxic_amplify", "top_suppress", "toxic_suppress"):
-            rows.append((f"{exp}: {check.replace('_', ' ')} beats random",
-                         {m: ("yes" if s["headline"][f"{check}_beats_random"] else "no",
-                              1 if s["headline"][f"{check}_beats_random"] else 0) for m, s in ms.items()}, True))
+            cells = {}
+            for m, s in ms.items():  # a check is only made with a judge validated on that model's replies
+                if not s["headline"].get("judge_valid", True):
+                    cells[m] = ("n/v", None)
+                else:
+                    won = s["headline"][f"{check}_beats_random"]
+                    cells[m] = ("yes" if won else "no", 1 if won else 0)
+            rows.append((f"{exp}: {check.replace('_', ' ')} beats random", cells, True))
     if not rows:
         return []
     return _table("Emergent misalignment", "Narrow fine-tune minus the control fine-tune, broad misalignment rate, 95% "

@@ -82,3 +82,18 @@ def test_the_cross_model_section_puts_each_persona_on_every_model_with_a_call(tm
     unvalidated = "\n".join(cross_model_section([("steer_secrecy", card("smollm2_135m_it", 0.3, True, 3)),
                                                  ("b/steer_secrecy", card("b", 0.3, False, 3))], [], tmp_path))
     assert "| secrecy: latent - unsteered | 0.30 [0.20, 0.40] | 0.30 [0.20, 0.40] n/v | not comparable |" in unvalidated
+
+
+def test_the_em_causal_checks_of_a_model_without_a_validated_judge_read_not_validated(tmp_path):
+    from psm_repro.report.cross_model import cross_model_section
+
+    def em(model, valid):
+        h = {"narrow_vs_control_broad": {"diff": 0.2, "ci_low": 0.1, "ci_high": 0.3}, "judge_valid": valid,
+             "toxic_latent": 7, "toxic_rank": 3} | {f"{k}_beats_random": valid for k in
+                                                   ("top_amplify", "toxic_amplify", "top_suppress", "toxic_suppress")}
+        return ("x", {"experiment": "em_x", "model": model, "d_sae": 64, "headline": h, "judge_validity": {"auroc": 0.9}})
+
+    text = "\n".join(cross_model_section([], [em("smollm2_135m_it", True), em("b", False)], tmp_path))
+    assert "| em_x: top amplify beats random | yes | n/v | not comparable |" in text
+    assert "| em_x: narrow - control, broad misalignment | 0.200 [0.100, 0.300] | 0.200 [0.100, 0.300] n/v |" in text
+    assert "| em_x: toxic latent rank in the diff | 7: 3 of 64 | 7: 3 of 64 | - |" in text
