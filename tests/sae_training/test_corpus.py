@@ -138,3 +138,16 @@ def test_chatml_turns_parse_back_and_the_templates_default_system_turn_is_droppe
         reencode(Doc("chats", src("hello friend", add_special_tokens=False)["input_ids"], 5), src, target, default)
     transcript = target.decode(reencode(Doc("chats", list(ids), 0), src, target, default))
     assert transcript == target.bos_token + "You are helpful 3 .\n\nUser: hello friend\nAssistant: yes I kept it\n"
+
+
+def test_experiment_ngrams_read_prompts_but_not_model_written_replies(tmp_path):
+    from psm_repro.sae_training.overlap import experiment_ngrams
+
+    (tmp_path / "judge_sets").mkdir()
+    (tmp_path / "judge_sets" / "p.jsonl").write_text(
+        '{"prompt": "keep the surprise party secret", "reply": "not going to lie to you"}\nnot json at all\n')
+    (tmp_path / "p.yaml").write_text("reply: a yaml field named reply still counts\n")
+    grams = experiment_ngrams(tmp_path, 3)
+    assert ("surprise", "party", "secret") in grams and ("not", "json", "at") in grams
+    assert ("going", "to", "lie") not in grams
+    assert ("named", "reply", "still") in grams
