@@ -20,6 +20,8 @@ commands:
   train-sae  train the embedded model's SAE on a built corpus (resumes after a kill)
   bench      speed against plain HF and the machine's limit (writes results/bench/)
   finetune   emergent misalignment: narrow fine-tune + control, broad misalignment, latent diff, steering
+  posttrain  make a base model an assistant (LoRA SFT) beside a narrative control; blind sheet, SAE transfer,
+             model diff through the base SAE (experiment=posttrain_gemma3_270m)
   judge      score replies (JSONL with prompt, reply) with a persona's judge: trait, coherence, headline score
   validate-judge  each persona judge's AUROC against blind reading labels on real replies (out of fold)
   label-pool    sample the unlabelled judge-set replies of `model` for blind reading (resumable)
@@ -38,12 +40,14 @@ examples:
   python -m psm_repro find persona=panic hydra.run.dir=runs/panic
   python -m psm_repro steer persona=sarcasm steer.prompt="How do I boil an egg?"
   python -m psm_repro finetune experiment=em_risky_finance
+  python -m psm_repro posttrain experiment=posttrain_gemma3_270m
   python -m psm_repro judge persona=sarcasm judge.input=replies.jsonl judge.output=scored.jsonl
   python -m psm_repro validate-judge
   python -m psm_repro label-pool model=gemma3_270m sae=gemma3_270m_l12_topk judge.personas=[panic]
   python -m psm_repro explain latent=123 persona=panic
 """
-COMMANDS = ("run", "find", "steer", "tables", "build-corpus", "train-sae", "bench", "finetune", "judge", "validate-judge",
+COMMANDS = ("run", "find", "steer", "tables", "build-corpus", "train-sae", "bench", "finetune", "posttrain", "judge",
+            "validate-judge",
             "label-pool", "label-sheets", "label-merge", "explain")
 logger = logging.getLogger("psm_repro")
 
@@ -67,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             from psm_repro.core.paths import output_path
             from psm_repro.report.tables import render, splice_into_readme
 
+            from psm_repro.posttraining.card import rerender_all
+
+            rerender_all(output_path("results"))  # posttrain cards pick up their blind labels
             out = output_path("results") / "README.md"
             table = render(output_path("results"))
             write_text(out, table)
@@ -126,6 +133,17 @@ def _dispatch(command: str, cfg, run_dir: Path) -> int:
               f"beats random: top diffed {h['top_amplify_beats_random']}, toxic {h['toxic_amplify_beats_random']}; "
               f"suppress beats random: top diffed {h['top_suppress_beats_random']}, toxic "
               f"{h['toxic_suppress_beats_random']}")
+        print(f"results in {run_dir}")
+    elif command == "posttrain":
+        from psm_repro.posttraining.run import posttrain
+
+        s = posttrain(cfg, run_dir)
+        fl, tr = s["final_loss"], {(r["model"], r["slice"]): r for r in s["transfer"]}
+        print(f"\n{s['experiment']}: final loss SFT {fl['posttrained']:.3f}, control {fl['control']:.3f}; base SAE on "
+              "the post-trained model: " + ", ".join(f"{sl} FVU {tr[('posttrained', sl)]['fvu']:.3f}"
+                                                    for m, sl in tr if m == "posttrained")
+              + f"; {s['diff']['significant_risers']} of the top {s['config']['diff_top_n']} risers at q < 0.05")
+        print(f"blind sheet for reading: {run_dir}/reading/sheet.jsonl (labels -> reading/labels.jsonl, then `tables`)")
         print(f"results in {run_dir}")
     elif command == "judge":
         from psm_repro.judges.judging import judge_file

@@ -13,12 +13,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from psm_repro.config.jobs import BenchConfig, CorpusConfig, EMConfig, JudgeConfig, TrainSAEConfig
+from psm_repro.config.jobs import BenchConfig, CorpusConfig, EMConfig, JudgeConfig, PostTrainConfig, TrainSAEConfig
 from psm_repro.config.sections import (ConfigError, DashboardConfig, FinderConfig, ModelConfig, PeersConfig, SAEConfig,
                                        SteerConfig, check_latent_index, check_seed)
 
 __all__ = ["BenchConfig", "ConfigError", "CorpusConfig", "DashboardConfig", "EMConfig", "FinderConfig", "JudgeConfig",
-           "ModelConfig", "PeersConfig", "RunConfig", "SAEConfig", "SteerConfig", "TrainSAEConfig"]
+           "ModelConfig", "PeersConfig", "PostTrainConfig", "RunConfig", "SAEConfig", "SteerConfig", "TrainSAEConfig"]
 
 
 @dataclass
@@ -46,6 +46,7 @@ class RunConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     em: EMConfig = field(default_factory=EMConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    posttrain: PostTrainConfig = field(default_factory=PostTrainConfig)
 
     def __post_init__(self):
         check_seed("seed", self.seed)
@@ -60,6 +61,8 @@ class RunConfig:
         elif self.command in PERSONA_COMMANDS:
             file, name, prefix = self.persona_file, self.persona, ""
         else:  # validate-judge runs `judge.personas`; the rest run no persona
+            if self.command == "posttrain" and self.experiment_name == f"{self.command}_{self.persona}":
+                self.experiment_name = "posttrain"  # the default label names a persona posttrain does not run
             return
         runs = Path(file).stem if file else name
         if self.experiment_name == f"{self.command}_{self.persona}":

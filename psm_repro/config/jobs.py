@@ -201,3 +201,47 @@ class JudgeConfig:
     def __post_init__(self):
         if self.folds < 2:
             raise ConfigError(f"judge.folds: must be >= 2, got {self.folds}")
+
+
+@dataclass
+class PostTrainConfig:
+    """`posttrain`: make a base model a chat assistant by LoRA SFT, beside a control fine-tune on narrative text with
+    the same steps and tokens, and read both through the base model's SAE (docs/posttraining.md)."""
+
+    chats_corpus: str = "corpus/smollm2_135m"
+    """A built corpus (`build-corpus`) whose chats are the SFT data and whose narratives are the control's: the
+    training split only, parsed back into turns and written in the model's chat format."""
+    eval_corpus: str = "corpus/gemma3_270m"
+    """The model's own corpus: its held-out narrative and chat sequences measure the SAE's transfer."""
+    chats: int = 480
+    """SFT chats (closed assistant turns of at most `max_tokens` tokens), drawn with the seed."""
+    max_tokens: int = 256
+    epochs: int = 1
+    lora_rank: int = 16
+    lr: float = 1e-3
+    batch_size: int = 8
+    checkpoint_every: int = 10
+    """Steps between checkpoints: a killed run resumes from the last one to the same weights."""
+    ordinary: str = "experiments/ordinary/ordinary_content.yaml"
+    """User turns the three models answer for the blind read (the `user` field of each item)."""
+    max_new_tokens: int = 64
+    heldout_sequences: int = 32
+    """Held-out sequences per slice for the SAE transfer (FVU, CE loss recovered)."""
+    context_size: int = 128
+    diff_items: int = 160
+    """Assistant turns (held-out chats first, then unused training chats) read by every model for the diff."""
+    diff_top_n: int = 50
+    n_permutations: int = 10000
+    n_bootstrap: int = 1000
+
+    def __post_init__(self):
+        _positive("posttrain", self, ("chats", "max_tokens", "epochs", "lora_rank", "batch_size", "checkpoint_every",
+                                      "max_new_tokens", "heldout_sequences", "context_size", "diff_items",
+                                      "diff_top_n"))
+        if self.lr <= 0:
+            raise ConfigError(f"posttrain.lr: must be positive, got {self.lr}")
+        if self.diff_items < 8:
+            raise ConfigError(f"posttrain.diff_items: need at least 8 turns to select on one half and test on the "
+                              f"other, got {self.diff_items}")
+        _at_least("posttrain", self, ("n_permutations",), 100)
+        _at_least("posttrain", self, ("n_bootstrap",), MIN_BOOTSTRAP, BOOTSTRAP_WHY)

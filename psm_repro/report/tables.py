@@ -7,6 +7,7 @@ from pathlib import Path
 
 from psm_repro.report.card import _f
 from psm_repro.report.cross_model import cross_model_section
+from psm_repro.report.posttraining import posttrain_section
 
 HEADER = """# Results
 
@@ -111,6 +112,7 @@ def render(results_dir: Path) -> str:
     lines += cross_model_section(runs, em_runs, results_dir)
     lines += _meaning_sections(runs)
     lines += _em_section(em_runs)
+    lines += posttrain_section(everything, results_dir)
     lines += _bench_sections(results_dir)
     return "\n".join(lines) + "\n"
 

@@ -17,6 +17,8 @@ def test_every_experiment_composes(experiment):
     assert cfg.experiment_name == experiment
     if experiment.startswith("sae_"):  # an SAE's corpus and training, for one model: no persona runs
         assert cfg.model.name in experiment and cfg.train_sae.corpus == cfg.corpus.out_dir
+    elif experiment.startswith("posttrain_"):  # post-training one model: no persona runs
+        assert cfg.model.name in experiment and cfg.experiment_name == experiment
     else:
         assert (cfg.em.data if experiment.startswith("em_") else cfg.persona) in experiment
     assert experiment in str(run_dir)
@@ -38,6 +40,9 @@ def test_default_config_is_the_embedded_model_and_committed_sae():
     ("sae.dtype=int8", "sae.dtype"),
     ("train_sae.b_dec_init=median", "train_sae.b_dec_init"),
     ("em.judge=vibes", "em.judge"),
+    ("posttrain.chats=0", "posttrain.chats"),
+    ("posttrain.diff_items=4", "posttrain.diff_items"),
+    ("posttrain.lr=-1", "posttrain.lr"),
     ("em.steer_samples_per_question=0", "em.steer_samples_per_question"),
 ])
 def test_bad_overrides_fail_naming_the_key(override, message):
