@@ -10,6 +10,23 @@ from psm_repro.core.outputs import write_text
 from psm_repro.posttraining import reading
 
 
+MODELS = ("base", "posttrained", "control")
+STAGES = ("load and data", "train posttrained", "train control", "replies", "SAE transfer", "model diff",
+          "narrative persona latents")
+
+
+def _model_rank(name: str) -> int:
+    return MODELS.index(name) if name in MODELS else len(MODELS)
+
+
+def _stage(name: str, seconds: float, training: dict) -> str:
+    """A stage's time; a training arm that took less than its own training log was loaded from its checkpoint."""
+    arm = name.removeprefix("train ")
+    if arm in training and seconds < training[arm]["seconds"] / 2:
+        return f"{name} {seconds:.0f} (loaded from its finished checkpoint; trained in {training[arm]['seconds']:.0f})"
+    return f"{name} {seconds:.0f}"
+
+
 def _ci(d: dict, key: str = "diff", signed: bool = True) -> str:
     f = "{:+.2f}" if signed else "{:.2f}"
     v, lo, hi = d[key], d["ci_low"], d["ci_high"]
@@ -23,13 +40,17 @@ def _answer_reading(read: dict | None) -> str:
         return ("**Not read yet.** The replies are in `reading/sheet.jsonl` (blind: id, user turn, reply; the key "
                 "is `reading/key.jsonl`). A reader who opens only the sheet and `reading/RUBRIC.md` writes "
                 "`reading/labels.jsonl`; `python -m psm_repro tables` then fills this section.")
-    d = read["differences"].get("posttrained - base")
-    c = read["differences"].get("posttrained - control")
-    if d is None or c is None:
-        return "The labels do not cover all three models."
-    made = d["ci_low"] > 0 and c["ci_low"] > 0
-    return (f"**{'Yes' if made else 'No'}**: post-trained - base {_ci(d)}, post-trained - control {_ci(c)} "
-            "(share of replies read as assistant answers; it counts as made when both intervals exclude 0).")
+    out = []
+    for name, what in (("answer", "gives coherent, on-topic assistant answers"), ("voice", "speaks as the assistant")):
+        d = read[name]["differences"].get("posttrained - base")
+        c = read[name]["differences"].get("posttrained - control")
+        if d is None or c is None:
+            return "The labels do not cover all three models."
+        made = d["ci_low"] > 0 and c["ci_low"] > 0
+        out.append(f"Post-trained model {what} more than base and control: **{'yes' if made else 'no'}** "
+                   f"(post-trained - base {_ci(d)}, post-trained - control {_ci(c)}; yes when both intervals "
+                   "exclude 0).")
+    return " ".join(out)
 
 
 def render_card(s: dict, read: dict | None) -> str:
@@ -47,13 +68,22 @@ def render_card(s: dict, read: dict | None) -> str:
              f"Each model's greedy reply to the same {s['reading']['items']} ordinary user turns "
              f"(`{c['ordinary']}`), shuffled into one blind sheet of {s['reading']['rows']} replies.", ""]
     if read is not None:
-        lines += [f"Read by {', '.join(read['labellers'])} (rubric: `reading/RUBRIC.md`). Share read as an "
-                  "assistant's answer, 95% BCa interval over items:", "", "| model | share | n |", "|---|---|---|"]
-        for m, r in read["models"].items():
-            lines.append(f"| {m} | {_ci(r, 'share', signed=False)} | {r['n']} |")
-        lines += ["", "| difference (paired by item) | share |", "|---|---|"]
-        for k, d in read["differences"].items():
-            lines.append(f"| {k} | {_ci(d)} |")
+        lines += [f"Read blind by {', '.join(read['labellers'])} (rubric: `reading/RUBRIC.md`): `answer` = a "
+                  "coherent, on-topic answer given as the user's assistant; `voice` = written as the user's "
+                  "assistant, whatever its quality. Shares with 95% BCa intervals over items; differences paired "
+                  "by item.", "", "| model | answer | voice | n |", "|---|---|---|---|"]
+        for m, r in sorted(read["answer"]["models"].items(), key=lambda kv: _model_rank(kv[0])):
+            lines.append(f"| {m} | {_ci(r, 'share', signed=False)} | "
+                         f"{_ci(read['voice']['models'][m], 'share', signed=False)} | {r['n']} |")
+        lines += ["", "| difference | answer | voice |", "|---|---|---|"]
+        for k, d in read["answer"]["differences"].items():
+            lines.append(f"| {k} | {_ci(d)} | {_ci(read['voice']['differences'][k])} |")
+        sr = read.get("second_reader")
+        if sr:
+            lines += ["", f"A second blind reader ({', '.join(sr['labellers'])}) labelled the same "
+                      f"{sr['answer']['n']} replies: agreement {sr['answer']['agreement']:.2f} (Cohen's kappa "
+                      f"{sr['answer']['kappa']:.2f}) on answer, {sr['voice']['agreement']:.2f} (kappa "
+                      f"{sr['voice']['kappa']:.2f}) on voice."]
         lines.append("")
     lines += [_answer_reading(read), "", "## Does the base SAE still read the post-trained model?", "",
               f"The base SAE at `{s['hook']}` on {c['heldout_sequences']} held-out sequences of {c['context_size']} "
@@ -66,22 +96,26 @@ def render_card(s: dict, read: dict | None) -> str:
     sh = dif["shares"]
     lines += ["", "## Which latents did post-training raise?", "",
               f"Mean base-SAE latent over the last assistant turn of {dif['n_turns']} fixed chats (held-out chats "
-              "first), read by each model. Ranked by (post-trained - base) - (control - base) on a seeded half of the "
-              "turns; p is a one-sided sign-flip test on the other half, q its BH correction over the "
-              f"{c['diff_top_n']} top latents: {dif['significant_risers']} have q < 0.05. A latent is a *narrative "
+              "first), read by each model (the same text: only the model differs). A riser must rise from base to "
+              "post-trained *and* above the control: ranked by min(post - base, post - control) on a seeded half of "
+              "the turns; p is the larger of the two one-sided sign-flip tests on the other half, q its BH "
+              f"correction over the {c['diff_top_n']} top latents: {dif['significant_risers']} have q < 0.05. A latent is a *narrative "
               "persona latent* when a shipped persona's narrative contrast (`find` on the base model) calls it "
               "significant; each riser is paired with the latent closest in firing frequency (on these turns) and "
               "decoder norm.", "",
-              "| rank | latent | rise vs control | rise vs base | d_z | p | q | narrative personas |",
-              "|---|---|---|---|---|---|---|---|"]
+              "Where it fires: the token at which the latent peaks in the post-trained model, in the 3 turns it is "
+              "most active on, and the first of them in context.", "",
+              "| rank | latent | rise vs control | rise vs base | d_z | p | q | narrative personas | where it fires |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in dif["top"]:
+        where = (f"{r['peak_tokens']}: `{r['peak_context']}`".replace("|", "/") if r.get("peak_tokens") else "-")
         lines.append(f"| {r['rank']} | {r['feature']} | {r['rise_vs_control']:.4f} | {r['rise_vs_base']:.4f} | "
-                     f"{r['effect']:.2f} | {r['p']:.4f} | {r['q']:.3f} | {r['narrative_personas'] or '-'} |")
+                     f"{r['effect']:.2f} | {r['p']:.4f} | {r['q']:.3f} | {r['narrative_personas'] or '-'} | {where} |")
     lines += ["", "| top risers | n | share that are narrative persona latents | matched random latents | "
               "difference [95% BCa] |", "|---|---|---|---|---|"]
     names = {"any_persona": f"top {c['diff_top_n']}, any persona", "ai_entity": f"top {c['diff_top_n']}, AI entity",
              "any_persona_significant_risers": "q < 0.05, any persona"}
-    for k, v in sh.items():
+    for k, v in sorted(sh.items(), key=lambda kv: list(names).index(kv[0]) if kv[0] in names else 99):
         lines.append(f"| {names.get(k, k)} | {v['n']} | {v['share']:.2f} | {v['random_share']:.2f} | {_ci(v)} |")
     narr = ", ".join(f"{n} {k}" for n, k in s["narrative_significant"].items())
     lines += ["", f"Narrative-significant latents per persona in the base model: {narr}.", "",
@@ -89,7 +123,8 @@ def render_card(s: dict, read: dict | None) -> str:
               "Reused vs new latents (an SAE trained on the post-trained model, matched by decoder cosine against a "
               "null) and the persona claims (finder, steering) on the post-trained model are the next steps of the "
               "chain; no number here speaks to them.", "",
-              "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in s["stage_seconds"].items())
+              "Stage times (s): " + ", ".join(_stage(k, v, t) for k, v in sorted(
+                  s["stage_seconds"].items(), key=lambda kv: STAGES.index(kv[0]) if kv[0] in STAGES else 99))
               + f"; total {s['seconds']:.0f} s. Files: loss.csv, loss.png, transfer.csv, diff.csv, samples.jsonl "
               "(every reply with its model: not for the reader), reading/, manifest.json."]
     return "\n".join(lines) + "\n"

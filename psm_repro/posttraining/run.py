@@ -44,7 +44,7 @@ TRAIN_FIELDS = ("chats_corpus", "chats", "max_tokens", "epochs", "lora_rank", "l
 LOSS_COLUMNS = ["arm", "step", "loss"]
 TRANSFER_COLUMNS = ["model", "slice", "tokens", "fvu", "ce_loss_recovered", "l0", "ce_clean", "ce_with_sae"]
 DIFF_COLUMNS = ["rank", "feature", "rise_vs_control", "rise_vs_base", "effect", "p", "q", "narrative_personas",
-                "random_match"]
+                "random_match", "peak_tokens", "peak_context"]
 AI_PERSONA = "ai_entity"
 
 
@@ -130,7 +130,8 @@ def posttrain(cfg: RunConfig, out_dir: Path) -> dict:
 
     t0 = time.time()
     diff_chats = [c.messages for c in corpus_chats(src, source_tok, "heldout") + unused][: p.diff_items]
-    lat = {name: readout.turn_latents(m, sae, diff_chats) for name, m in models.items()}
+    acts = {name: readout.turn_latents(m, sae, diff_chats) for name, m in models.items()}
+    lat = {name: a.latents_NF for name, a in acts.items()}
     res = readout.model_diff(lat["posttrained"], lat["control"], lat["base"], p.diff_top_n, p.n_permutations,
                              cfg.seed)
     stage("model diff", t0)
@@ -158,7 +159,10 @@ def posttrain(cfg: RunConfig, out_dir: Path) -> dict:
                   "rise_vs_base": float(res["rise_vs_base"][f]), "effect": float(res["effect"][f]),
                   "p": float(res["top_p"][i]), "q": float(res["top_q"][i]),
                   "narrative_personas": " ".join(n for n, sig in narrative.items() if sig[f]),
-                  "random_match": matched[i]} for i, f in enumerate(top)]
+                  "random_match": matched[i],
+                  **dict(zip(("peak_tokens", "peak_context"),
+                             readout.where_it_fires(acts["posttrained"], f, base.tokenizer)))}
+                 for i, f in enumerate(top)]
     loss_rows = [{"arm": arm, "step": s + 1, "loss": v} for arm, log in logs.items() for s, v in enumerate(log["loss"])]
     summary = {"experiment": cfg.experiment_name, "model": cfg.model.name, "sae": cfg.sae.name, "hook": hook,
                "d_sae": int(sae.cfg.d_sae), "seed": cfg.seed, "device": str(base.device),

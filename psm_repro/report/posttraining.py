@@ -24,7 +24,8 @@ def posttrain_section(runs: list[tuple[str, dict]], results_dir: Path) -> list[s
     lines = ["", "## Post-training", "",
              "Base model vs its LoRA SFT on assistant chats (post-trained) vs the same steps and tokens on narrative "
              "text (control), read through the base model's SAE. Reading: share of replies to ordinary user turns "
-             "a blind reader calls an assistant's answer, post-trained minus base and minus control (95% BCa). "
+             "a blind reader calls a coherent on-topic assistant answer (answer) or written as the assistant "
+             "(voice), post-trained minus base and minus control (95% BCa). "
              "Transfer: the base SAE's FVU on held-out chats, base / post-trained / control. Risers: latents that "
              "rise more from base to post-trained than to control (q < 0.05 on the held-out half, of the top n), "
              "and the share of the top n that are narrative persona latents minus matched random latents.", "",
@@ -35,8 +36,9 @@ def posttrain_section(runs: list[tuple[str, dict]], results_dir: Path) -> list[s
         if read is None:
             cell = "not read yet"
         else:
-            d = read["differences"]
-            cell = f"{_ci(d['posttrained - base'])} / {_ci(d['posttrained - control'])}"
+            a, v = read["answer"]["differences"], read["voice"]["differences"]
+            cell = (f"answer {_ci(a['posttrained - base'])} / {_ci(a['posttrained - control'])}; voice "
+                    f"{_ci(v['posttrained - base'])} / {_ci(v['posttrained - control'])}")
         fvu = {r["model"]: r["fvu"] for r in s["transfer"] if r["slice"] == "chats"}
         share = s["diff"]["shares"]["any_persona"]
         lines.append(f"| [{name}]({name}/summary.md) | {s['model']} / {s['sae']} | {cell} | "

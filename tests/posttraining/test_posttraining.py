@@ -144,16 +144,37 @@ def test_batch_order_is_fixed_by_the_seed_and_covers_every_example_each_epoch():
 def test_the_model_diff_finds_a_planted_riser_and_an_identical_model_gives_no_riser():
     g = torch.Generator().manual_seed(0)
     base = torch.rand(40, 64, generator=g)
-    control = base + 0.05 * torch.randn(40, 64, generator=g)
-    post = control.clone()
+    control = base + 0.05 * torch.randn(40, 64, generator=g)  # each fine-tune moves every latent a little
+    post = base + 0.05 * torch.randn(40, 64, generator=g)
     post[:, 17] += 0.5  # planted: latent 17 rises in the post-trained model and not in the control
     post[:, 5] += 0.5
     control[:, 5] += 0.5  # latent 5 rises in both: any fine-tune does it, so it is no riser
+    control[:, 9] -= 0.5  # latent 9 falls in the control only: above the control, not above base, no riser
+    post[:, 30] += 0.2
+    control[:, 30] += 0.1  # latent 30 rises in both, more in post: a smaller riser
     res = readout.model_diff(post, control, base, top_n=10, n_permutations=2000, seed=0)
-    assert int(res["top"][0]) == 17 and res["top_q"][0] < 0.01
-    assert int(res["rank_of"][5]) > 3
+    assert [int(f) for f in res["top"][:2]] == [17, 30] and (res["top_q"][:2] < 0.01).all()
+    q_of = dict(zip(res["top"].tolist(), res["top_q"]))
+    assert all(q_of.get(f, 1.0) >= 0.05 for f in (5, 9))  # neither is called a riser
+    assert sum(q < 0.05 for q in res["top_q"]) == 2
+    assert res["rise_vs_base"][17] == pytest.approx(0.5, abs=0.05)
     same = readout.model_diff(base, base.clone(), base, top_n=10, n_permutations=2000, seed=0)
     assert torch.all(same["rise_vs_control"] == 0) and (same["top_q"] >= 0.05).all()
+
+
+def test_where_a_riser_fires_is_its_peak_token_in_its_most_active_turns(tiny_model):
+    from psm_repro.core.finder import ItemActs
+
+    tok = tiny_model.tokenizer
+    turns = [tok(t, add_special_tokens=False)["input_ids"] for t in ("the river was cold", "she kept a secret letter",
+                                                                     "he told the story")]
+    lat = torch.tensor([[0.0, 1.0], [0.0, 3.0], [0.0, 2.0]])  # latent 1: most active on turn 1, then 2, then 0
+    arg = torch.tensor([[0, 1], [0, 3], [0, 2]])
+    acts = ItemActs(lat, arg, torch.zeros(3, 4), turns)
+    tokens, context = readout.where_it_fires(acts, 1, tok)
+    assert tokens == "'secret' 'the' 'river'"
+    assert "[[secret]]" in context and context.startswith("...she kept a")
+    assert readout.where_it_fires(acts, 0, tok) == ("", "")  # never fires: nothing to show
 
 
 def test_the_share_of_narrative_latents_is_compared_with_its_matched_random_latents():
@@ -174,16 +195,34 @@ def test_the_reading_summary_joins_labels_with_the_key(tmp_path):
     key = {r["id"]: r for r in map(json.loads, (tmp_path / "key.jsonl").read_text().splitlines())}
     assert set(sheet[0]) == {"id", "user", "reply"}  # the reader never sees the model
     assert reading.summarise(tmp_path, 1000, 0) is None
-    wanted = {"base": [0, 0, 1, 0], "posttrained": [1, 1, 1, 0], "control": [0, 1, 0, 0]}
-    rows = [{"id": k, "assistant": wanted[r["model"]][r["item"]], "labeller": "t"} for k, r in key.items()]
+    answer = {"base": [0, 0, 1, 0], "posttrained": [1, 1, 1, 0], "control": [0, 1, 0, 0]}
+    voice = {"base": [0, 0, 0, 0], "posttrained": [1, 1, 1, 1], "control": [1, 0, 0, 0]}
+    rows = [{"id": k, "answer": answer[r["model"]][r["item"]], "voice": voice[r["model"]][r["item"]], "labeller": "t"}
+            for k, r in key.items()]
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
     with pytest.raises(ValueError, match="1 ids of key.jsonl have no label"):
         reading.summarise(tmp_path, 1000, 0)
+    bad = rows[:-1] + [{k: v for k, v in rows[-1].items() if k != "voice"}]
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+    with pytest.raises(ValueError, match="labels.jsonl:12: expected an id from key.jsonl and answer 0 or 1 and voice"):
+        reading.summarise(tmp_path, 1000, 0)
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     s = reading.summarise(tmp_path, 1000, 0)
-    assert s["models"]["posttrained"]["share"] == 0.75 and s["models"]["base"]["share"] == 0.25
-    assert s["differences"]["posttrained - base"]["diff"] == pytest.approx(0.5)
-    assert s["differences"]["posttrained - control"]["diff"] == pytest.approx(0.5)
+    assert s["answer"]["models"]["posttrained"]["share"] == 0.75 and s["answer"]["models"]["base"]["share"] == 0.25
+    assert s["answer"]["differences"]["posttrained - base"]["diff"] == pytest.approx(0.5)
+    assert s["answer"]["differences"]["posttrained - control"]["diff"] == pytest.approx(0.5)
+    assert s["voice"]["models"]["posttrained"]["share"] == 1.0 and s["voice"]["models"]["base"]["share"] == 0.0
+    assert s["voice"]["differences"]["posttrained - control"]["diff"] == pytest.approx(0.75)
+    assert "second_reader" not in s
+    flipped = [dict(r, answer=1 - r["answer"], labeller="u") if k < 3 else dict(r, labeller="u")
+               for k, r in enumerate(rows)]
+    (tmp_path / "labels_second.jsonl").write_text("".join(json.dumps(r) + "\n" for r in flipped))
+    sr = reading.summarise(tmp_path, 1000, 0)["second_reader"]
+    a, b = [r["answer"] for r in rows], [r["answer"] for r in flipped]  # hand-computed kappa: 9 of 12 agree
+    pa, pb = sum(a) / 12, sum(b) / 12
+    p_e = pa * pb + (1 - pa) * (1 - pb)
+    assert sr["answer"]["agreement"] == 0.75 and sr["answer"]["kappa"] == pytest.approx((0.75 - p_e) / (1 - p_e))
+    assert sr["voice"]["agreement"] == 1.0 and sr["voice"]["kappa"] == pytest.approx(1.0)
 
 
 def test_posttrain_runs_end_to_end_and_tables_fill_in_the_reading(tiny_model_dir, tiny_sae_dir, tiny_model, smollm2_tok,
@@ -212,10 +251,13 @@ def test_posttrain_runs_end_to_end_and_tables_fill_in_the_reading(tiny_model_dir
     base_rows = [r for r in s["transfer"] if r["model"] == "base"]
     assert all(np.isfinite(r["fvu"]) for r in base_rows)
     assert len(s["diff"]["top"]) == 8 and s["diff"]["n_turns"] == 16
+    assert all("peak_tokens" in r for r in s["diff"]["top"])
     assert "Not read yet" in (out / "summary.md").read_text()
     key = [json.loads(x) for x in (out / "reading" / "key.jsonl").read_text().splitlines()]
     assert len(key) == 3 * 60
-    labels = [{"id": r["id"], "assistant": int(r["model"] == "posttrained"), "labeller": "planted"} for r in key]
+    labels = [{"id": r["id"], "answer": int(r["model"] == "posttrained"), "voice": int(r["model"] != "base"),
+               "labeller": "planted"} for r in key]
     (out / "reading" / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
     md = rerender(out)
-    assert "**Yes**" in md and "| posttrained | 1.00" in md
+    assert "more than base and control: **yes**" in md and "| posttrained | 1.00" in md
+    assert "speaks as the assistant more than base and control: **no**" in md  # the control speaks as one too
