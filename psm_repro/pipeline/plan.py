@@ -111,6 +111,8 @@ def render_plan(cfg: RunConfig, command: str) -> str:
              f"  persona   {persona.name} ({persona.path})",
              f"  finder    {n_items} items (~{int(words * 1.3):,} tokens + chat templates), forward passes stop "
              f"at the SAE layer; {cfg.finder.n_permutations} sign-flip permutations per test"]
+    if command == "posttrain":
+        lines = lines[:-2] + _posttrain_lines(cfg)
     if command == "run":
         lines += [f"  steering  {cfg.steer.mode} at {cfg.steer.positions} positions, coefficients {coefs} "
                   f"x max activation; methods: latent, random latent, dense direction"
@@ -130,6 +132,20 @@ def render_plan(cfg: RunConfig, command: str) -> str:
             lines.append(f"            A/B metric on {len(peers.ab_test)} held-out items x {2 + steered * len(coefs)} "
                          "conditions (one question pass per item)")
     return "\n".join(lines)
+
+
+def _posttrain_lines(cfg: RunConfig) -> list[str]:
+    p = cfg.posttrain
+    steps = p.epochs * -(-p.chats // p.batch_size)
+    return [f"  sft       LoRA r={p.lora_rank} on {p.chats} chats of {p.chats_corpus} (<= {p.max_tokens} tokens each), "
+            f"{p.epochs} epoch(s) x batch {p.batch_size} = {steps} steps, checkpoint every {p.checkpoint_every}",
+            f"  control   the same {steps} steps and tokens on narrative windows of {p.chats_corpus}",
+            f"  read      greedy replies of base, post-trained and control to the user turns of {p.ordinary} "
+            f"(<= {p.max_new_tokens} new tokens) -> a blind sheet",
+            f"  transfer  the SAE on {p.heldout_sequences} held-out sequences x {p.context_size} tokens per slice of "
+            f"{p.eval_corpus}, in each model",
+            f"  diff      {p.diff_items} fixed assistant turns read by each model; top {p.diff_top_n} risers; the "
+            "shipped personas' narrative contrasts (`find`) on the base model"]
 
 
 def _fit_lines(cfg: RunConfig, sae: dict) -> list[str]:

@@ -316,3 +316,10 @@ def test_plan_prints_what_would_run_without_loading_anything(capsys):
     assert "not on this machine yet" in out  # a hub model that is not cached: nothing fetched
     # panic has peer data: 2 + 5 methods x 3 coefficients, 32 prompts
     assert "persona vector, CAA vector" in out and "544 generated replies" in out and "52 held-out items" in out
+
+
+def test_posttrain_plan_lists_the_chain_not_a_persona(capsys):
+    assert main(["posttrain", "experiment=posttrain_gemma3_270m", "plan=true"]) == 0
+    out = capsys.readouterr().out
+    assert "480 chats of corpus/smollm2_135m" in out and "= 60 steps" in out and "top 50 risers" in out
+    assert "persona " not in out and "finder " not in out
