@@ -139,6 +139,7 @@ def test_batch_order_is_fixed_by_the_seed_and_covers_every_example_each_epoch():
     assert steps == sft.batch_order(10, 4, 2, seed=3) and steps != sft.batch_order(10, 4, 2, seed=4)
     assert [len(s) for s in steps] == [4, 4, 2, 4, 4, 2]
     assert sorted(sum(steps[:3], [])) == list(range(10)) and sorted(sum(steps[3:], [])) == list(range(10))
+    assert sum(steps[:3], []) != sum(steps[3:], [])  # each epoch is shuffled anew
 
 
 def test_the_model_diff_finds_a_planted_riser_and_an_identical_model_gives_no_riser():
