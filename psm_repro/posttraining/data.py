@@ -12,11 +12,11 @@ import random
 from dataclasses import dataclass
 
 from psm_repro.core.chat import encode_chat, encode_prompt, text_ids
+from psm_repro.em.finetune import IGNORE  # the label value the HF loss skips, as the EM fine-tunes use it
 from psm_repro.sae_training.corpus_build import CorpusError
 from psm_repro.sae_training.corpus_retokenize import parse_chatml, template_default_system
 from psm_repro.sae_training.data import Corpus
 
-IGNORE = -100  # label value the HF loss skips
 
 
 @dataclass
