@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 EXPERIMENTS := secrecy panic inner_conflict sycophancy sarcasm toxic_persona ai_entity
 
-.PHONY: setup run test results results-em results-gemma3 results-posttrain tables sae sae-gemma3 clean-venv
+.PHONY: setup run test results results-em results-gemma3 results-posttrain tables sae sae-gemma3 sae-posttrain clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -73,10 +73,18 @@ sae-gemma3: setup
 # Post-training Gemma 3 270M (base) into an assistant beside a narrative control, read through its SAE
 # (~45 min on 2 cores, most of it the two LoRA runs; a killed run resumes). The old card is moved aside. The blind
 # sheet it writes (results/gemma3_270m/posttrain/reading/) is read by people; `make tables` adds their labels.
+# The post-trained arm's adapter goes to models/gemma3_270m_posttrained (model=gemma3_270m_posttrained loads it);
+# the reused-vs-new stage reads the two committed SAEs that `make sae-posttrain` trains.
 results-posttrain: setup
 	@if [ -d results/gemma3_270m/posttrain ]; then mkdir -p runs/replaced && mv results/gemma3_270m/posttrain runs/replaced/gemma3_270m_posttrain.$$(date +%s); fi
 	$(PY) -m psm_repro posttrain experiment=posttrain_gemma3_270m hydra.run.dir=results/gemma3_270m/posttrain
 	$(PY) -m psm_repro tables
+
+# The SAEs posttrain's reused-vs-new stage compares with the base SAE (each ~27 min on 2 cores, resumable): one of
+# the same shape on the post-trained model (needs models/gemma3_270m_posttrained), and a second seed of the base SAE.
+sae-posttrain: setup
+	$(PY) -m psm_repro train-sae experiment=sae_gemma3_270m_posttrained
+	$(PY) -m psm_repro train-sae experiment=sae_gemma3_270m_seed1
 
 tables: setup
 	$(PY) -m psm_repro tables

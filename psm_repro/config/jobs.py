@@ -231,10 +231,27 @@ class PostTrainConfig:
     diff_items: int = 160
     """Assistant turns (held-out chats first, then unused training chats) read by every model for the diff."""
     diff_top_n: int = 50
+    export_dir: str | None = None
+    """Where the post-trained arm's LoRA adapter is saved (peft format, relative to the project root), for a model
+    config's `adapter:` (configs/model/gemma3_270m_posttrained.yaml); None: not exported."""
+    posttrained_sae: str | None = None
+    """An SAE of the base SAE's shape trained on the post-trained model (`train-sae
+    experiment=sae_gemma3_270m_posttrained`): its latents are matched to the base SAE's (reused vs new) and the
+    streetlight test runs on the two groups. None, or not there yet: the card says the stage did not run."""
+    seed_sae: str | None = None
+    """A second seed of the base SAE (`train-sae experiment=sae_gemma3_270m_seed1`): the same matching between
+    two SAEs of one model, the ceiling SAE training noise puts on the reused share."""
+    n_rotations: int = 20
+    """Random rotations of the residual stream in the match threshold's null (half set it, half check it)."""
+    null_quantile: float = 0.99
+    """The match threshold: this quantile of a rotated latent's best cosine with the base SAE."""
     n_permutations: int = 10000
     n_bootstrap: int = 1000
 
     def __post_init__(self):
+        if not 0.5 <= self.null_quantile < 1:
+            raise ConfigError(f"posttrain.null_quantile: must be in [0.5, 1), got {self.null_quantile}")
+        _at_least("posttrain", self, ("n_rotations",), 2)
         _positive("posttrain", self, ("chats", "max_tokens", "epochs", "lora_rank", "batch_size", "checkpoint_every",
                                       "max_new_tokens", "heldout_sequences", "context_size", "diff_items",
                                       "diff_top_n"))

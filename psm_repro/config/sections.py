@@ -83,6 +83,9 @@ class ModelConfig:
     """Parameter count in billions, for `plan=true` memory estimates (no download needed)."""
     n_devices: int = 1
     """GPUs to split the model across (accelerate `device_map="auto"` over the first n); 1 keeps it whole."""
+    adapter: str | None = None
+    """A peft LoRA adapter directory (adapter_config.json + adapter_model.safetensors, relative to the project
+    root) merged into the weights on load: how a model post-trained here (`posttrain`) becomes a model config."""
 
     def __post_init__(self):
         # `model.hf_id=...` or `model.path=...` alone is enough: they imply their source

@@ -102,6 +102,7 @@ def load_model(cfg: ModelConfig, before_weights: Callable[[object, int | None], 
     the chat format or the model cannot take fails in seconds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    adapter = _adapter_dir(cfg)
     if cfg.source == "embedded":
         where = str(ensure_dequantized(cfg.embedded))
     elif cfg.source == "hub":
@@ -130,9 +131,37 @@ def load_model(cfg: ModelConfig, before_weights: Callable[[object, int | None], 
                                                      max_memory=max_memory)
     else:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[cfg.dtype]).to(device)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return HookedModel(model, tokenizer, name=cfg.name)
+
+
+def weights_id(cfg: ModelConfig) -> str:
+    """The model's name, plus its adapter's content hash when it has one (keys checkpoints made with it)."""
+    adapter = _adapter_dir(cfg)
+    if adapter is None:
+        return cfg.name
+    import hashlib
+
+    digest = hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
+    return f"{cfg.name}+{digest[:16]}"
+
+
+def _adapter_dir(cfg: ModelConfig) -> Path | None:
+    """The model's LoRA adapter directory, checked before anything loads."""
+    if cfg.adapter is None:
+        return None
+    where = project_path(cfg.adapter)
+    if not (where / "adapter_config.json").is_file() or not (where / "adapter_model.safetensors").is_file():
+        raise LoadError(f"model.adapter: {cfg.adapter} holds no peft adapter (adapter_config.json + "
+                        "adapter_model.safetensors); a post-trained model's adapter is written by "
+                        "`python -m psm_repro posttrain experiment=<its posttrain experiment>`")
+    return where
 
 
 def load_sae(cfg: SAEConfig, model: HookedModel):

@@ -15,7 +15,7 @@ from psm_repro.core.chat import ChatEncodingError, chat_format, encode_chat, enc
 from psm_repro.core.embedded import cache_root
 from psm_repro.core.feature_cache import check_reference
 from psm_repro.core.finder import FEATURE_COLUMNS, check_persona_tokens, find_features
-from psm_repro.core.loading import load_model, load_sae, sae_facts_on_disk, sae_first_position
+from psm_repro.core.loading import load_model, load_sae, sae_facts_on_disk, sae_first_position, weights_id
 from psm_repro.core.outputs import claim_run_dir, manifest, write_csv, write_json, write_jsonl, write_text
 from psm_repro.core.paths import PROJECT_ROOT, output_path, project_path
 from psm_repro.core.personas import resolve_persona
@@ -239,7 +239,8 @@ def train_sae(cfg: RunConfig) -> dict:
     corpus = load_corpus(corpus_dir)  # a missing or corrupt corpus fails here, before the model loads
     model = load_model(cfg.model)
     check_tokenizer(corpus, model.tokenizer, corpus_dir)
-    return train(model, corpus, cfg.train_sae, cfg.seed, output_path(cfg.train_sae.out_dir))
+    return train(model, corpus, cfg.train_sae, cfg.seed, output_path(cfg.train_sae.out_dir),
+                 model_key=weights_id(cfg.model))
 
 
 def emergent_misalignment(cfg: RunConfig, out_dir: Path) -> dict:

@@ -12,7 +12,7 @@ from psm_repro.posttraining import reading
 
 MODELS = ("base", "posttrained", "control")
 STAGES = ("load and data", "train posttrained", "train control", "replies", "SAE transfer", "model diff",
-          "narrative persona latents")
+          "narrative persona latents", "reused vs new")
 
 
 def _model_rank(name: str) -> int:
@@ -118,16 +118,74 @@ def render_card(s: dict, read: dict | None) -> str:
     for k, v in sorted(sh.items(), key=lambda kv: list(names).index(kv[0]) if kv[0] in names else 99):
         lines.append(f"| {names.get(k, k)} | {v['n']} | {v['share']:.2f} | {v['random_share']:.2f} | {_ci(v)} |")
     narr = ", ".join(f"{n} {k}" for n, k in s["narrative_significant"].items())
-    lines += ["", f"Narrative-significant latents per persona in the base model: {narr}.", "",
-              "## Not measured yet", "",
-              "Reused vs new latents (an SAE trained on the post-trained model, matched by decoder cosine against a "
-              "null) and the persona claims (finder, steering) on the post-trained model are the next steps of the "
-              "chain; no number here speaks to them.", "",
+    lines += ["", f"Narrative-significant latents per persona in the base model: {narr}.", ""]
+    lines += reuse_section(s.get("reuse"), c)
+    lines += ["## Not measured yet", "",
+              "The persona claims (finder, steering) on the post-trained model: run the persona cards with "
+              "`model=gemma3_270m_posttrained sae=gemma3_270m_posttrained_l12_topk`; no number here speaks to them.",
+              "",
               "Stage times (s): " + ", ".join(_stage(k, v, t) for k, v in sorted(
                   s["stage_seconds"].items(), key=lambda kv: STAGES.index(kv[0]) if kv[0] in STAGES else 99))
               + f"; total {s['seconds']:.0f} s. Files: loss.csv, loss.png, transfer.csv, diff.csv, samples.jsonl "
-              "(every reply with its model: not for the reader), reading/, manifest.json."]
+              "(every reply with its model: not for the reader), reading/, reuse.csv, manifest.json."]
     return "\n".join(lines) + "\n"
+
+
+PROXY_NAMES = {"lexicality": "lexicality (share of top activations on one token)",
+               "log10_density": "log10 density on the reference corpus",
+               "context_consistency": "top-context consistency (MiniLM cosine)"}
+
+
+def reuse_section(r: dict | None, c: dict) -> list[str]:
+    """Reused vs new latents of the post-trained model's own SAE, the seed ceiling, and the streetlight test."""
+    lines = ["## What share of latents is reused, and are reused latents more interpretable?", ""]
+    if r is None:
+        return lines + ["Not run: no SAE trained on the post-trained model (`posttrain.posttrained_sae`; make it with "
+                        "`python -m psm_repro train-sae experiment=sae_gemma3_270m_posttrained`).", ""]
+    post = r["posttrained"]
+    lines += [f"An SAE of the base SAE's shape trained on the post-trained model (`{post['sae']}`) is matched to the "
+              f"base SAE (`{r['base_sae']}`) by decoder cosine: a live latent (fires on the "
+              f"{post['tokens_scanned']:,}-token reference corpus) is *reused* when some base latent's decoder is "
+              f"within cosine {post['threshold']:.3f}, *new* otherwise. The threshold is the {post['null_quantile']:.0%} "
+              f"quantile of the best cosine of the post-trained decoders turned by {post['n_rotations'] // 2} "
+              "Haar-random rotations of the residual stream; on the other "
+              f"{post['n_rotations'] - post['n_rotations'] // 2} rotations it matches "
+              f"{post['false_match_rate']:.2%} of latents (the null's median best cosine is "
+              f"{post['null_best_cos_median']:.3f}). Shares: Wilson 95% intervals over live latents.", "",
+              "| SAE | model it reads | live latents | dead | reused | threshold | false matches (null) |",
+              "|---|---|---|---|---|---|---|"]
+    for key in ("posttrained", "base_seed"):
+        if key in r:
+            x = r[key]
+            u = x["reused"]
+            lines.append(f"| {x['sae']} | {'post-trained' if key == 'posttrained' else 'base'} | {u['n']} | "
+                         f"{x['n_dead']} | {u['share']:.3f} [{u['ci_low']:.3f}, {u['ci_high']:.3f}] ({u['k']}) | "
+                         f"{x['threshold']:.3f} | {x['false_match_rate']:.2%} |")
+    lines.append("")
+    if "base_seed" in r:
+        gap = r["base_seed"]["reused"]["share"] - post["reused"]["share"]
+        lines += [f"The second row is the ceiling: a second seed of the base SAE, on the base model, matched the same "
+                  f"way. Two SAEs of one model leave {1 - r['base_seed']['reused']['share']:.1%} of latents "
+                  f"unmatched by training noise alone; post-training leaves {1 - post['reused']['share']:.1%} "
+                  f"(gap {gap:+.3f}).", ""]
+    else:
+        lines += ["No second seed of the base SAE (`posttrain.seed_sae`): how many latents SAE training noise alone "
+                  "leaves unmatched is not measured, so the new share is an upper bound on what post-training made.",
+                  ""]
+    lines += ["**The streetlight test across the training step**: matched (reused) minus unmatched (new) live latents "
+              "of each SAE, read on its own model's reference-corpus feature cache; 95% BCa interval over latents, "
+              "and the shuffled-group control (group labels permuted): its p and the middle 95% of its null. The "
+              "second SAE's rows, where present, are the same split between two seeds of the base SAE: what SAE "
+              "training noise alone does to the proxies.", "",
+              "| SAE | proxy | matched | unmatched | matched - unmatched [95% BCa] | shuffled p | shuffled null 95% |",
+              "|---|---|---|---|---|---|---|"]
+    for key in ("posttrained", "base_seed"):
+        for proxy, d in (r[key]["streetlight"]["proxies"].items() if key in r else ()):
+            lines.append(f"| {r[key]['sae']} | {PROXY_NAMES.get(proxy, proxy)} (n {d['n_a']} / {d['n_b']}) | "
+                         f"{d['mean_a']:.3f} | {d['mean_b']:.3f} | {_ci(d)} | {d.get('p_shuffled', float('nan')):.4f} | "
+                         f"[{d.get('null_low', float('nan')):+.3f}, {d.get('null_high', float('nan')):+.3f}] |")
+    return lines + ["", "Per latent: `reuse.csv` (best cosine, best base latent, matched, density, lexicality; both "
+                    "SAEs).", ""]
 
 
 def rerender(run_dir: Path) -> str:

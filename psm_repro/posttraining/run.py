@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from psm_repro.config import RunConfig
+from psm_repro.config import RunConfig, SAEConfig
 from psm_repro.core.chat import encode_prompt
 from psm_repro.core.embedded import cache_root
 from psm_repro.core.finder import find_features
@@ -32,7 +32,7 @@ from psm_repro.core.paths import PROJECT_ROOT, project_path
 from psm_repro.core.steering import generate
 from psm_repro.judges.validation import shipped_personas
 from psm_repro.pipeline.ordinary import load_items
-from psm_repro.posttraining import reading, readout
+from psm_repro.posttraining import reading, readout, reuse
 from psm_repro.posttraining.card import render_card
 from psm_repro.posttraining.data import control_examples, corpus_chats, sft_examples
 from psm_repro.posttraining.sft import train_lora
@@ -45,6 +45,7 @@ LOSS_COLUMNS = ["arm", "step", "loss"]
 TRANSFER_COLUMNS = ["model", "slice", "tokens", "fvu", "ce_loss_recovered", "l0", "ce_clean", "ce_with_sae"]
 DIFF_COLUMNS = ["rank", "feature", "rise_vs_control", "rise_vs_base", "effect", "p", "q", "narrative_personas",
                 "random_match", "peak_tokens", "peak_context"]
+REUSE_COLUMNS = ["sae", "feature", "alive", "best_cos", "best_base_feature", "reused", "density", "lexicality"]
 AI_PERSONA = "ai_entity"
 
 
@@ -85,6 +86,33 @@ def _replies(model, users: list[str], max_new_tokens: int, seed: int) -> list[st
     return out
 
 
+def train_arm(cfg: RunConfig, arm: str, examples: list, corpus_manifest: dict):
+    """A fresh copy of the base model with the arm's LoRA trained (or loaded from its checkpoint) and merged in.
+
+    The post-trained arm's adapter is also written, in peft's own format, to `posttrain.export_dir` (when set),
+    where a model config's `adapter:` loads it: every other command can then run on the post-trained model."""
+    p = cfg.posttrain
+    model = load_model(cfg.model)
+    export = project_path(p.export_dir) if p.export_dir and arm == "posttrained" else None
+    log = train_lora(model, examples, rank=p.lora_rank, lr=p.lr, batch_size=p.batch_size, epochs=p.epochs,
+                     checkpoint_every=p.checkpoint_every, seed=cfg.seed,
+                     ckpt_dir=checkpoint_dir(cfg, corpus_manifest, arm), desc=f"posttrain ({arm})",
+                     export_dir=export, base_name=cfg.model.upstream or cfg.model.name)
+    return model, log
+
+
+def training_data(cfg: RunConfig, base) -> tuple:
+    """The SFT examples, the unused training chats (read by the diff) and the control's examples."""
+    p = cfg.posttrain
+    src_dir = project_path(p.chats_corpus)
+    src = load_corpus(src_dir)
+    source_tok = _source_tokenizer(src_dir, base)
+    train_chats = corpus_chats(src, source_tok, "train")
+    sft, unused = sft_examples(base.tokenizer, train_chats, p.chats, p.max_tokens, cfg.seed)
+    control = control_examples(base.tokenizer, src, source_tok, [len(e.ids) for e in sft], cfg.seed)
+    return src, source_tok, sft, unused, control
+
+
 def posttrain(cfg: RunConfig, out_dir: Path) -> dict:
     from psm_repro.pipeline.jobs import _neuronpedia_id
 
@@ -103,19 +131,13 @@ def posttrain(cfg: RunConfig, out_dir: Path) -> dict:
     base = load_model(cfg.model)
     check_tokenizer(own, base.tokenizer, eval_dir)
     sae = load_sae(cfg.sae, base)
-    source_tok = _source_tokenizer(src_dir, base)
-    train_chats = corpus_chats(src, source_tok, "train")
-    sft, unused = sft_examples(base.tokenizer, train_chats, p.chats, p.max_tokens, cfg.seed)
-    control = control_examples(base.tokenizer, src, source_tok, [len(e.ids) for e in sft], cfg.seed)
+    src, source_tok, sft, unused, control = training_data(cfg, base)
     stage("load and data", t0)
 
     models, logs = {"base": base}, {}
     for arm, examples in (("posttrained", sft), ("control", control)):
         t0 = time.time()
-        models[arm] = load_model(cfg.model)
-        logs[arm] = train_lora(models[arm], examples, rank=p.lora_rank, lr=p.lr, batch_size=p.batch_size,
-                               epochs=p.epochs, checkpoint_every=p.checkpoint_every, seed=cfg.seed,
-                               ckpt_dir=checkpoint_dir(cfg, src.manifest, arm), desc=f"posttrain ({arm})")
+        models[arm], logs[arm] = train_arm(cfg, arm, examples, src.manifest)
         stage(f"train {arm}", t0)
 
     t0 = time.time()
@@ -155,6 +177,10 @@ def posttrain(cfg: RunConfig, out_dir: Path) -> dict:
             significant, [m for f, m in zip(top, matched) if f in set(significant)], any_F, p.n_bootstrap, cfg.seed)
     stage("narrative persona latents", t0)
 
+    t0 = time.time()
+    reuse_rows, reuse_summary = _reuse_stage(cfg, models, sae)
+    stage("reused vs new", t0)
+
     diff_rows = [{"rank": i + 1, "feature": f, "rise_vs_control": float(res["rise_vs_control"][f]),
                   "rise_vs_base": float(res["rise_vs_base"][f]), "effect": float(res["effect"][f]),
                   "p": float(res["top_p"][i]), "q": float(res["top_q"][i]),
@@ -173,10 +199,13 @@ def posttrain(cfg: RunConfig, out_dir: Path) -> dict:
                "diff": {"n_turns": len(diff_chats), "top": diff_rows[:20], "significant_risers": len(significant),
                         "shares": shares},
                "narrative_significant": {n: int(v.sum()) for n, v in narrative.items()},
+               "reuse": reuse_summary,
                "stage_seconds": times, "seconds": round(time.time() - start, 1)}
     write_csv(out_dir / "loss.csv", loss_rows, LOSS_COLUMNS)
     write_csv(out_dir / "transfer.csv", transfer, TRANSFER_COLUMNS)
     write_csv(out_dir / "diff.csv", diff_rows, DIFF_COLUMNS)
+    if reuse_rows:
+        write_csv(out_dir / "reuse.csv", reuse_rows, REUSE_COLUMNS)
     write_jsonl(out_dir / "samples.jsonl", [{"model": m, "item": i, "user": users[i], "reply": r}
                                             for m, rs in replies.items() for i, r in enumerate(rs)])
     _plot_loss(logs, out_dir / "loss.png")
@@ -185,6 +214,44 @@ def posttrain(cfg: RunConfig, out_dir: Path) -> dict:
     write_json(out_dir / "summary.json", summary)
     write_text(out_dir / "summary.md", render_card(summary, None))
     return summary
+
+
+def _sae_at(path: str, model):
+    return load_sae(SAEConfig(name=Path(path).name, path=path), model)
+
+
+def _reuse_stage(cfg: RunConfig, models: dict, base_sae) -> tuple[list[dict], dict | None]:
+    """Reused vs new latents of the post-trained model's SAE (and of a second base seed, the ceiling), and the
+    streetlight test on the two groups; (None) when the post-trained SAE is not configured or not built yet."""
+    from psm_repro.core.feature_cache import load_or_scan
+    from psm_repro.judges.judge import Encoder
+    from psm_repro.pipeline.streetlight import streetlight
+
+    p = cfg.posttrain
+    if not p.posttrained_sae or not (project_path(p.posttrained_sae) / "cfg.json").exists():
+        return [], None
+    pairs = {"posttrained": (p.posttrained_sae, models["posttrained"])}
+    if p.seed_sae and (project_path(p.seed_sae) / "cfg.json").exists():
+        pairs["base_seed"] = (p.seed_sae, models["base"])
+    rows, out = [], {"base_sae": cfg.sae.name}
+    for name, (path, model) in pairs.items():
+        other = _sae_at(path, model)
+        cache = load_or_scan(model, other, Path(path).name, cfg.dashboard)  # live latents, proxies
+        alive_F = (cache.density_F > 0).numpy()
+        res = reuse.reused_vs_new(other.W_dec, base_sae.W_dec, alive_F, p.n_rotations, p.null_quantile, cfg.seed)
+        lex_F = np.array([cache.lexicality(f)[0] for f in range(len(alive_F))])
+        d = cfg.dashboard
+        light = streetlight(cache, alive_F, res["reused_F"], model.tokenizer, Encoder(), d.n_contexts,
+                            d.streetlight_max_latents, d.n_bootstrap, cfg.seed)
+        out[name] = {"sae": Path(path).name, "model": name, "tokens_scanned": cache.n_tokens,
+                     **{k: v for k, v in res.items() if not k.endswith("_F")},
+                     "streetlight": {"n_reused": light["n_reused"], "n_new": light["n_assistant_only"],
+                                     "proxies": light["proxies"]}}
+        rows += [{"sae": Path(path).name, "feature": f, "alive": bool(alive_F[f]),
+                  "best_cos": float(res["best_cos_F"][f]), "best_base_feature": int(res["best_index_F"][f]),
+                  "reused": bool(res["reused_F"][f]), "density": float(cache.density_F[f]),
+                  "lexicality": float(lex_F[f])} for f in range(len(alive_F))]
+    return rows, out
 
 
 def _plot_loss(logs: dict[str, dict], path: Path) -> None:

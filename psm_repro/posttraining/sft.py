@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import logging
 import random
 import time
@@ -57,11 +58,13 @@ def _save_state(path: Path, state: dict) -> None:
 
 def train_lora(model: HookedModel, examples: list[Example], *, rank: int, lr: float, batch_size: int, epochs: int,
                checkpoint_every: int, seed: int, ckpt_dir: Path, desc: str,
-               on_step: Callable[[int], None] | None = None) -> dict:
+               on_step: Callable[[int], None] | None = None, export_dir: Path | None = None,
+               base_name: str | None = None) -> dict:
     """Train LoRA adapters on `examples` (or resume, or load a finished arm), merge them into `model` in place.
 
     Returns the training log: the loss of every step, tokens seen, tokens with a loss, seconds. `on_step(step)`
-    is called after each step's checkpoint decision (tests use it to stop a run).
+    is called after each step's checkpoint decision (tests use it to stop a run). With `export_dir`, the finished
+    adapter is also saved there with peft's `save_pretrained` (`base_name` recorded as its base model).
     """
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file, save
@@ -85,6 +88,8 @@ def train_lora(model: HookedModel, examples: list[Example], *, rank: int, lr: fl
             write_json(ckpt_dir / LOG_FILE, log)
             (ckpt_dir / STATE_FILE).unlink(missing_ok=True)
     peft_model.eval()
+    if export_dir is not None:
+        export_adapter(peft_model, export_dir, base_name, log)
     model.model = peft_model.merge_and_unload()
     model.model.eval()
     for p in model.model.parameters():
@@ -131,3 +136,38 @@ def _train(peft_model, params, opt, sched, steps, examples, model, checkpoint_ev
         if on_step is not None:
             on_step(step + 1)
     return log
+
+
+def export_adapter(peft_model, export_dir: Path, base_name: str | None, log: dict) -> None:
+    """Save the adapter with peft's `save_pretrained` into `export_dir`, never overwriting other weights.
+
+    The same adapter already there is left as it is; a different one is moved aside to
+    `<export_dir>.replaced-<time>` first. The directory appears whole or not at all (written beside, renamed)."""
+    import shutil
+    import tempfile
+
+    export_dir.parent.mkdir(parents=True, exist_ok=True)
+    new_dir = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.", dir=export_dir.parent))
+    try:
+        if base_name is not None:
+            for c in peft_model.peft_config.values():
+                c.base_model_name_or_path = base_name  # not the machine's cache path
+        peft_model.save_pretrained(str(new_dir), save_embedding_layers=False)  # LoRA only; no Hub lookup
+        write_json(new_dir / "train_log.json", {k: v for k, v in log.items()})
+        weights = "adapter_model.safetensors"
+        if export_dir.exists():
+            if (export_dir / weights).is_file() and \
+                    (export_dir / weights).read_bytes() == (new_dir / weights).read_bytes():
+                return
+            aside = export_dir.with_name(f"{export_dir.name}.replaced-{int(time.time())}")
+            export_dir.rename(aside)
+            logger.info("an adapter with other weights was at %s: moved to %s", export_dir, aside)
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in new_dir.iterdir():  # the modes `open` would give, not a temp file's 0600
+            f.chmod(0o666 & ~umask)
+        new_dir.chmod(0o777 & ~umask)
+        new_dir.rename(export_dir)
+        logger.info("post-trained adapter written to %s", export_dir)
+    finally:
+        shutil.rmtree(new_dir, ignore_errors=True)

@@ -28,9 +28,13 @@ def posttrain_section(runs: list[tuple[str, dict]], results_dir: Path) -> list[s
              "(voice), post-trained minus base and minus control (95% BCa). "
              "Transfer: the base SAE's FVU on held-out chats, base / post-trained / control. Risers: latents that "
              "rise more from base to post-trained than to control (q < 0.05 on the held-out half, of the top n), "
-             "and the share of the top n that are narrative persona latents minus matched random latents.", "",
+             "and the share of the top n that are narrative persona latents minus matched random latents. "
+             "Reused: share of the post-trained model's own SAE's live latents matched (decoder cosine above a "
+             "rotation null) by a base SAE latent (Wilson 95%), beside the same share between two seeds of the base "
+             "SAE (the ceiling SAE noise allows); lexicality, reused - new (95% BCa).", "",
              "| run | model / SAE | reading: post - base / post - control | FVU chats: base / post / control | "
-             "risers (q < 0.05) | narrative persona share - random |", "|---|---|---|---|---|---|"]
+             "risers (q < 0.05) | narrative persona share - random | reused: post-trained SAE / base seed | "
+             "lexicality reused - new |", "|---|---|---|---|---|---|---|---|"]
     for name, s in runs:
         read = summarise(results_dir / name / "reading", s["config"]["n_bootstrap"], s["seed"])
         if read is None:
@@ -43,5 +47,21 @@ def posttrain_section(runs: list[tuple[str, dict]], results_dir: Path) -> list[s
         share = s["diff"]["shares"]["any_persona"]
         lines.append(f"| [{name}]({name}/summary.md) | {s['model']} / {s['sae']} | {cell} | "
                      f"{' / '.join(_f(fvu.get(m, float('nan')), 3) for m in ('base', 'posttrained', 'control'))} | "
-                     f"{s['diff']['significant_risers']} of {s['config']['diff_top_n']} | {_ci(share)} |")
+                     f"{s['diff']['significant_risers']} of {s['config']['diff_top_n']} | {_ci(share)} | "
+                     f"{_reuse_cells(s.get('reuse'))} |")
     return lines
+
+
+def _share(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    u = r["reused"]
+    return f"{_f(u['share'], 3)} [{_f(u['ci_low'], 3)}, {_f(u['ci_high'], 3)}]"
+
+
+def _reuse_cells(reuse: dict | None) -> str:
+    """'post / seed | lexicality difference' for the reused-vs-new stage; '- | -' when it did not run."""
+    if reuse is None:
+        return "not run | -"
+    lex = reuse["posttrained"]["streetlight"]["proxies"]["lexicality"]
+    return f"{_share(reuse['posttrained'])} / {_share(reuse.get('base_seed'))} | {_ci(lex)}"

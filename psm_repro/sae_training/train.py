@@ -106,8 +106,11 @@ def save_checkpoint(path: Path, sae, trainer, blocks_done: int, seconds: float) 
 
 
 def train(model: HookedModel, corpus: Corpus, cfg: TrainSAEConfig, seed: int, out_dir: Path,
-          checkpoint_root: Path | None = None) -> dict:
-    """Train (or resume), measure on held-out sequences, save weights (half precision) + report to `out_dir`."""
+          checkpoint_root: Path | None = None, model_key: str | None = None) -> dict:
+    """Train (or resume), measure on held-out sequences, save weights (half precision) + report to `out_dir`.
+
+    `model_key` names the model's weights in the checkpoint key (default: its name; a model with an adapter
+    passes the adapter's hash too, so a retrained adapter never resumes another's SAE)."""
     torch.manual_seed(seed)
     tok = model.tokenizer
     hook_name = hook_name_of(cfg)
@@ -121,7 +124,7 @@ def train(model: HookedModel, corpus: Corpus, cfg: TrainSAEConfig, seed: int, ou
     batch_tokens = cfg.batch_sequences * read_per_seq
     device = str(model.hook_device(hook_name))
     sae = build_sae(cfg, model.d_model, device, model.name)
-    ckpt = (checkpoint_root or cache_root() / "sae_training") / run_key(cfg, corpus, seed, model.name)
+    ckpt = (checkpoint_root or cache_root() / "sae_training") / run_key(cfg, corpus, seed, model_key or model.name)
     reader = reader_for(model, cfg.activation_dtype)
     resume = (ckpt / PROGRESS_FILE).exists()
     if resume:

@@ -13,7 +13,7 @@ from psm_repro.posttraining import reading, readout, sft
 from psm_repro.posttraining.data import IGNORE, control_examples, corpus_chats, sft_example, sft_examples
 from psm_repro.sae_training.corpus_build import Doc, manifest, save_shard
 from psm_repro.sae_training.data import load_corpus
-from tests.conftest import WORDS
+from tests.conftest import WORDS, dashboard_overrides
 
 TOPICS = WORDS[:40]
 
@@ -227,7 +227,7 @@ def test_the_reading_summary_joins_labels_with_the_key(tmp_path):
 
 
 def test_posttrain_runs_end_to_end_and_tables_fill_in_the_reading(tiny_model_dir, tiny_sae_dir, tiny_model, smollm2_tok,
-                                                                  tmp_path, monkeypatch, capsys):
+                                                                  reference_dir, tmp_path, monkeypatch, capsys):
     from psm_repro.cli.commands import main
     from psm_repro.posttraining.card import rerender
 
@@ -242,7 +242,8 @@ def test_posttrain_runs_end_to_end_and_tables_fill_in_the_reading(tiny_model_dir
             "posttrain.chats=8", "posttrain.batch_size=4", "posttrain.epochs=2", "posttrain.lora_rank=4",
             "posttrain.max_new_tokens=6", "posttrain.heldout_sequences=4", "posttrain.context_size=16",
             "posttrain.diff_items=16", "posttrain.diff_top_n=8", "posttrain.n_permutations=200",
-            "finder.n_permutations=200", f"hydra.run.dir={out}"]
+            "finder.n_permutations=200", f"posttrain.posttrained_sae={tiny_sae_dir}", "posttrain.n_rotations=4",
+            *dashboard_overrides(reference_dir, tmp_path / "fc"), f"hydra.run.dir={out}"]
     assert main(args) == 0, capsys.readouterr().err
     s = json.loads((out / "summary.json").read_text())
     assert s["training"]["posttrained"]["tokens"] == s["training"]["control"]["tokens"]
@@ -254,6 +255,14 @@ def test_posttrain_runs_end_to_end_and_tables_fill_in_the_reading(tiny_model_dir
     assert len(s["diff"]["top"]) == 8 and s["diff"]["n_turns"] == 16
     assert all("peak_tokens" in r for r in s["diff"]["top"])
     assert "Not read yet" in (out / "summary.md").read_text()
+    post = s["reuse"]["posttrained"]  # the base SAE itself as the post-trained model's SAE: a copy matches 100%
+    assert post["reused"]["share"] == 1.0 and post["reused"]["n"] + post["n_dead"] == 256
+    assert "base_seed" not in s["reuse"] and "No second seed of the base SAE" in (out / "summary.md").read_text()
+    assert len((out / "reuse.csv").read_text().splitlines()) == 257
+    from psm_repro.report.posttraining import posttrain_section
+
+    row = posttrain_section([("run", s)], tmp_path)[-1]
+    assert "not read yet" in row and "| 1.000 [" in row and " / - |" in row  # reused share; no seed ceiling
     key = [json.loads(x) for x in (out / "reading" / "key.jsonl").read_text().splitlines()]
     assert len(key) == 3 * 60
     labels = [{"id": r["id"], "answer": int(r["model"] == "posttrained"), "voice": int(r["model"] != "base"),
