@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from psm_repro.core.hooked import HookedModel
 from psm_repro.core.locks import entry_lock
-from psm_repro.core.outputs import write_bytes, write_json
+from psm_repro.core.outputs import write_bytes, write_json, write_text
 from psm_repro.posttraining.data import IGNORE, Example
 
 logger = logging.getLogger(__name__)
@@ -138,6 +138,15 @@ def _train(peft_model, params, opt, sched, steps, examples, model, checkpoint_ev
     return log
 
 
+def adapter_readme(base_name: str | None, log: dict) -> str:
+    return (f"# LoRA adapter for {base_name or 'the base model'}, trained by psm_repro's `posttrain`\n\n"
+            f"{log['examples']} examples, {log['steps']} steps, {log['tokens']:,} tokens ({log['loss_tokens']:,} with a "
+            f"loss), {log['seconds']:.0f} s; the loss of every step is in train_log.json. peft format "
+            "(adapter_config.json + adapter_model.safetensors): a model config's `adapter:` merges it into the base "
+            "weights on load (configs/model/gemma3_270m_posttrained.yaml). What it was trained on, and why: "
+            "docs/posttraining.md.\n")
+
+
 def export_adapter(peft_model, export_dir: Path, base_name: str | None, log: dict) -> None:
     """Save the adapter with peft's `save_pretrained` into `export_dir`, never overwriting other weights.
 
@@ -154,6 +163,7 @@ def export_adapter(peft_model, export_dir: Path, base_name: str | None, log: dic
                 c.base_model_name_or_path = base_name  # not the machine's cache path
         peft_model.save_pretrained(str(new_dir), save_embedding_layers=False)  # LoRA only; no Hub lookup
         write_json(new_dir / "train_log.json", {k: v for k, v in log.items()})
+        write_text(new_dir / "README.md", adapter_readme(base_name, log))  # peft's card template holds a cache path
         weights = "adapter_model.safetensors"
         if export_dir.exists():
             if (export_dir / weights).is_file() and \
