@@ -32,6 +32,8 @@ def _ci(d: dict, key: str = "diff", signed: bool = True) -> str:
     v, lo, hi = d[key], d["ci_low"], d["ci_high"]
     if not math.isfinite(v):
         return "n/a"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{f.format(v)} [n/a: a group under 3]"
     return f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
 
 
