@@ -162,7 +162,7 @@ def export_adapter(peft_model, export_dir: Path, base_name: str | None, log: dic
             for c in peft_model.peft_config.values():
                 c.base_model_name_or_path = base_name  # not the machine's cache path
         peft_model.save_pretrained(str(new_dir), save_embedding_layers=False)  # LoRA only; no Hub lookup
-        write_json(new_dir / "train_log.json", {k: v for k, v in log.items()})
+        write_json(new_dir / "train_log.json", log)
         write_text(new_dir / "README.md", adapter_readme(base_name, log))  # peft's card template holds a cache path
         weights = "adapter_model.safetensors"
         if export_dir.exists():
